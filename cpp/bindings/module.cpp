@@ -1,0 +1,259 @@
+// rankscope._core: the only pybind11 code. Turns arrays into views, releases the GIL, calls the engine.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bindings/dlpack.h"
+#include "core/thread_pool.h"
+#include "kernels/compact.h"
+#include "lapack/lapack.h"
+#include "metrics/metrics.h"
+#include "rankscope/engine.h"
+#include "rankscope/errors.h"
+
+namespace py = pybind11;
+using namespace rankscope;
+using bindings::ImportedArray;
+using bindings::import_array;
+
+namespace {
+
+Method parse_method(const std::string& m) {
+  if (m == "auto") return Method::Auto;
+  if (m == "exact") return Method::Exact;
+  if (m == "gram") return Method::Gram;
+  RS_FAIL(InvalidArgument, "method must be 'auto', 'exact' or 'gram', got '", m, "'");
+}
+
+void require_cpu(const ArrayView& v, const char* what) {
+  RS_CHECK(v.device == DeviceType::CPU, InvalidArgument, what,
+           " is not in host memory; the CPU engine reads host arrays only (device arrays need the CUDA "
+           "backend)");
+}
+
+// Calls fn(offset) for the element offset (in elements) of every index of the leading `nd` dims.
+template <class F>
+void for_each_batch(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides, int nd, F&& fn) {
+  int64_t total = 1;
+  for (int d = 0; d < nd; ++d) total *= shape[d];
+  std::vector<int64_t> idx(nd, 0);
+  int64_t off = 0;
+  for (int64_t b = 0; b < total; ++b) {
+    fn(b, off);
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++idx[d] < shape[d]) {
+        off += strides[d];
+        break;
+      }
+      off -= strides[d] * (shape[d] - 1);
+      idx[d] = 0;
+    }
+  }
+}
+
+char* at(const ArrayView& v, int64_t elem_offset) {
+  return static_cast<char*>(v.data) + elem_offset * itemsize(v.dtype);
+}
+
+void check_out_dtype(const ArrayView& o, const char* what) {
+  RS_CHECK(o.dtype == DType::F32 || o.dtype == DType::F64, TypeMismatch, what,
+           " must be float32 or float64, got ", dtype_name(o.dtype));
+}
+
+// Batch (..., m, n) → (..., k). Returns the per-matrix status, shaped like the batch.
+py::array_t<int8_t> svdvals_batch(py::handle x, py::handle out, const std::string& method) {
+  const Method meth = parse_method(method);
+  ImportedArray xa = import_array(x, "x", false), oa = import_array(out, "out", true);
+  const ArrayView &xv = xa.view, &ov = oa.view;
+  require_cpu(xv, "x");
+  require_cpu(ov, "out");
+  check_out_dtype(ov, "out");
+  RS_CHECK(xv.ndim() >= 2, InvalidArgument, "x must have at least 2 dimensions (..., m, n), got ", xv.ndim());
+  const int nd = xv.ndim() - 2;
+  const int64_t m = xv.shape[nd], n = xv.shape[nd + 1], k = std::min(m, n);
+  RS_CHECK(ov.ndim() == nd + 1, InvalidArgument, "out must have ", nd + 1, " dimensions");
+  for (int d = 0; d < nd; ++d)
+    RS_CHECK(ov.shape[d] == xv.shape[d], InvalidArgument, "out batch shape does not match x");
+  RS_CHECK(ov.shape[nd] == k, InvalidArgument, "out must have last dimension min(m, n) = ", k);
+
+  std::vector<int64_t> batch(xv.shape.begin(), xv.shape.begin() + nd);
+  int64_t count = 1;
+  for (int64_t d : batch) count *= d;
+  std::vector<MatrixRef> in(count);
+  std::vector<VectorOut> outs(count);
+  for_each_batch(xv.shape, xv.strides, nd, [&](int64_t b, int64_t off) {
+    in[b] = {at(xv, off), xv.dtype, m, n, xv.strides[nd], xv.strides[nd + 1]};
+  });
+  for_each_batch(ov.shape, ov.strides, nd, [&](int64_t b, int64_t off) {
+    outs[b] = {at(ov, off), ov.dtype, ov.strides[nd]};
+  });
+  py::array_t<int8_t> status(batch);
+  int8_t* st = status.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    svdvals(in, outs, meth, st);
+  }
+  return status;
+}
+
+// A list of 2-D matrices → a list of 1-D outputs. Returns the per-matrix status.
+py::array_t<int8_t> svdvals_list(const py::sequence& xs, const py::sequence& outs_seq, const std::string& method) {
+  const Method meth = parse_method(method);
+  const size_t count = py::len(xs);
+  RS_CHECK(py::len(outs_seq) == count, InvalidArgument, "got ", count, " matrices but ", py::len(outs_seq),
+           " outputs");
+  std::vector<ImportedArray> keep;
+  keep.reserve(2 * count);
+  std::vector<MatrixRef> in(count);
+  std::vector<VectorOut> outs(count);
+  for (size_t i = 0; i < count; ++i) {
+    const std::string name = "x[" + std::to_string(i) + "]";
+    keep.push_back(import_array(xs[i], name.c_str(), false));
+    const ArrayView& v = keep.back().view;
+    require_cpu(v, name.c_str());
+    RS_CHECK(v.ndim() == 2, InvalidArgument, name, " must be a 2-D matrix, got ", v.ndim(), " dimensions");
+    in[i] = {v.data, v.dtype, v.shape[0], v.shape[1], v.strides[0], v.strides[1]};
+    const std::string oname = "out[" + std::to_string(i) + "]";
+    keep.push_back(import_array(outs_seq[i], oname.c_str(), true));
+    const ArrayView& o = keep.back().view;
+    require_cpu(o, oname.c_str());
+    check_out_dtype(o, oname.c_str());
+    RS_CHECK(o.ndim() == 1 && o.shape[0] == std::min(v.shape[0], v.shape[1]), InvalidArgument, oname,
+             " must be 1-D of length min(m, n)");
+    outs[i] = {o.data, o.dtype, o.strides[0]};
+  }
+  py::array_t<int8_t> status(static_cast<py::ssize_t>(count));
+  int8_t* st = status.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    svdvals(in, outs, meth, st);
+  }
+  return status;
+}
+
+// ---- metrics from spectra --------------------------------------------------------------------------
+
+struct SpecRef {
+  const void* ptr;
+  DType dtype;
+  int64_t k, stride;
+};
+
+metrics::Params make_params(double tau, double rankme_eps, bool erank_on_s2, double weak_threshold) {
+  RS_CHECK(tau > 0.0 && tau <= 1.0, InvalidArgument, "tau must be in (0, 1], got ", tau);
+  RS_CHECK(rankme_eps >= 0.0, InvalidArgument, "eps must be non-negative, got ", rankme_eps);
+  metrics::Params p;
+  p.tau = tau;
+  p.rankme_eps = rankme_eps;
+  p.erank_on_s2 = erank_on_s2;
+  p.weak_threshold = weak_threshold;
+  return p;
+}
+
+void run_metrics(const std::vector<SpecRef>& specs, const double* tol, double* out, const metrics::Params& p,
+                 bool sort) {
+  std::vector<double> s;
+  for (size_t r = 0; r < specs.size(); ++r) {
+    const SpecRef& sp = specs[r];
+    s.resize(sp.k);
+    if (sp.dtype == DType::F64) {
+      for (int64_t i = 0; i < sp.k; ++i) s[i] = static_cast<const double*>(sp.ptr)[i * sp.stride];
+    } else {
+      for (int64_t i = 0; i < sp.k; ++i) s[i] = static_cast<const float*>(sp.ptr)[i * sp.stride];
+    }
+    for (int64_t i = 0; i < sp.k; ++i)
+      RS_CHECK(!(s[i] < 0.0), InvalidArgument, "singular values must be non-negative; row ", r, " holds ", s[i]);
+    if (sort) std::sort(s.begin(), s.end(), [](double a, double b) { return a > b; });
+    metrics::compute(s.data(), sp.k, {tol[2 * r], tol[2 * r + 1]}, p, out + r * metrics::kNumColumns);
+  }
+}
+
+SpecRef spec_from(const ArrayView& v, int64_t elem_offset, int64_t k, int64_t stride, const char* what) {
+  RS_CHECK(v.dtype == DType::F32 || v.dtype == DType::F64, TypeMismatch, what,
+           ": singular values must be float32 or float64, got ", dtype_name(v.dtype));
+  return {at(v, elem_offset), v.dtype, k, stride};
+}
+
+// s: (B, k) spectra, or a list of B 1-D spectra; tol: float64 (B, 2) rows (rtol, atol);
+// out: float64 (B, kNumColumns), C-contiguous.
+void spectrum_metrics(py::handle s, py::array_t<double, py::array::c_style> tol,
+                      py::array_t<double, py::array::c_style> out, double tau, double rankme_eps, bool erank_on_s2, double weak_threshold,
+                      bool sort) {
+  const metrics::Params p = make_params(tau, rankme_eps, erank_on_s2, weak_threshold);
+  std::vector<ImportedArray> keep;
+  std::vector<SpecRef> specs;
+  if (py::isinstance<py::list>(s) || py::isinstance<py::tuple>(s)) {
+    auto seq = py::reinterpret_borrow<py::sequence>(s);
+    for (size_t i = 0; i < py::len(seq); ++i) {
+      keep.push_back(import_array(seq[i], "s", false));
+      const ArrayView& v = keep.back().view;
+      require_cpu(v, "s");
+      RS_CHECK(v.ndim() == 1, InvalidArgument, "each spectrum in a list must be 1-D");
+      specs.push_back(spec_from(v, 0, v.shape[0], v.strides[0], "s"));
+    }
+  } else {
+    keep.push_back(import_array(s, "s", false));
+    const ArrayView& v = keep.back().view;
+    require_cpu(v, "s");
+    RS_CHECK(v.ndim() == 2, InvalidArgument, "s must be 2-D (rows, k)");
+    for (int64_t r = 0; r < v.shape[0]; ++r) specs.push_back(spec_from(v, r * v.strides[0], v.shape[1], v.strides[1], "s"));
+  }
+  const auto B = static_cast<py::ssize_t>(specs.size());
+  RS_CHECK(tol.ndim() == 2 && tol.shape(0) == B && tol.shape(1) == 2, InvalidArgument, "tol must be (", B, ", 2)");
+  RS_CHECK(out.ndim() == 2 && out.shape(0) == B && out.shape(1) == metrics::kNumColumns, InvalidArgument,
+           "out must be (", B, ", ", int(metrics::kNumColumns), ")");
+  const double* tp = tol.data();
+  double* op = out.mutable_data();
+  py::gil_scoped_release nogil;
+  run_metrics(specs, tp, op, p, sort);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rankscope's compiled CPU engine (LAPACK from scipy-openblas32). Use the rankscope package.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const TypeMismatch& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const LinAlgError& e) {
+      py::object cls = py::module_::import("rankscope._errors").attr("LinAlgError");
+      PyErr_SetString(cls.ptr(), e.what());
+    }
+  });
+
+  m.def("svdvals", &svdvals_batch, py::arg("x"), py::arg("out"), py::arg("method"),
+        "Singular values of a (..., m, n) batch into out (..., min(m, n)); returns per-matrix status "
+        "(0 ok, 1 NaN/Inf input, 2 no convergence).");
+  m.def("svdvals_list", &svdvals_list, py::arg("xs"), py::arg("outs"), py::arg("method"),
+        "Singular values of a list of 2-D matrices into a list of 1-D outputs; returns per-matrix status.");
+  m.def("spectrum_metrics", &spectrum_metrics, py::arg("s"), py::arg("tol"), py::arg("out"), py::arg("tau"), py::arg("rankme_eps"), py::arg("erank_on_s2"),
+        py::arg("weak_threshold"), py::arg("sort"),
+        "Every metric of each spectrum into out (rows, len(metric_names())).");
+  m.def("metric_names", [] {
+    return std::vector<std::string>(metrics::kColumnNames, metrics::kColumnNames + metrics::kNumColumns);
+  });
+  m.def("route", [](const std::string& dtype, int64_t mm, int64_t n, const std::string& method) {
+    DType t = dtype == "float64" ? DType::F64 : dtype == "float32" ? DType::F32
+              : dtype == "float16" ? DType::F16 : dtype == "bfloat16" ? DType::BF16
+              : throw InvalidArgument("unknown dtype " + dtype);
+    return std::string(route_name(t, mm, n, parse_method(method)));
+  }, py::arg("dtype"), py::arg("m"), py::arg("n"), py::arg("method") = "auto",
+        "The route svdvals takes for one matrix of this dtype and shape.");
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &num_threads);
+  m.def("available_cpus", &available_cpus);
+  m.def("compact_max_k", &compact_max_k);
+  m.def("isa", [] { return std::string(compact::isa_name()); });
+  m.def("blas_config", [] { return std::string(lapack::blas_config()); });
+  m.attr("NUM_METRICS") = static_cast<int>(metrics::kNumColumns);
+}

@@ -1,0 +1,351 @@
+// The CPU engine: routes each matrix, groups same-shape matrices, runs tasks on the thread pool.
+#include "rankscope/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <mutex>
+#include <numeric>
+
+#include "core/thread_pool.h"
+#include "kernels/compact.h"
+#include "lapack/lapack.h"
+#include "rankscope/dispatch.h"
+#include "rankscope/errors.h"
+
+namespace rankscope {
+namespace {
+
+enum class Route : uint8_t { CompactGram, Gram, Gram2Stage, Exact };
+
+// Crossovers measured on the development machine (benchmarks/results, shared/notes):
+// the batch-interleaved kernel beats per-matrix dsyrk + dsytrd up to this smaller side,
+constexpr int64_t kCompactMaxK = 64;
+// and dsyevd_2stage beats dsyevd from this size on.
+constexpr int64_t kTwoStageMinK = 512;
+// Columns of the larger side loaded per pass of the compact Gram (bounds its workspace).
+constexpr int64_t kCompactChunk = 256;
+
+Route route_for(DType dtype, int64_t m, int64_t n, Method method) {
+  const bool gram = method == Method::Gram || (method == Method::Auto && dtype != DType::F64);
+  if (!gram) return Route::Exact;
+  const int64_t k = std::min(m, n);
+  if (k <= kCompactMaxK) return Route::CompactGram;
+  return k >= kTwoStageMinK ? Route::Gram2Stage : Route::Gram;
+}
+
+// 64-byte aligned, growable scratch (the compact kernels want whole cache lines per lane group).
+struct AlignedBuffer {
+  double* p = nullptr;
+  size_t cap = 0;
+  double* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      size_t bytes = ((n * sizeof(double) + 63) / 64) * 64;
+      p = static_cast<double*>(std::aligned_alloc(64, bytes));
+      if (!p) {
+        cap = 0;
+        RS_FAIL(LinAlgError, "out of memory allocating ", bytes, " bytes of workspace");
+      }
+      cap = n;
+    }
+    return p;
+  }
+  ~AlignedBuffer() { std::free(p); }
+};
+
+struct Workspace {
+  AlignedBuffer a, g, d, e;
+};
+thread_local Workspace tls;
+
+// The matrix X whose Gram X Xᵀ is the smaller one: k × L, X(i, c) at ptr + i*rs + c*cs.
+MatrixRef small_side_view(const MatrixRef& a) {
+  if (a.m >= a.n) return {a.ptr, a.dtype, a.n, a.m, a.cs, a.rs};
+  return a;
+}
+
+// dst(i, c) = scale * src(i, c) for i < rows, c < cols, dst(i, c) at dst[i*drs + c*dcs].
+// Returns false if src holds NaN or Inf.
+template <class T>
+bool pack(const T* src, int64_t rows, int64_t cols, int64_t srs, int64_t scs, double* dst, int64_t drs,
+          int64_t dcs, double scale) {
+  double poison = 0.0;  // v - v is 0 for finite v, NaN otherwise
+  if (std::llabs(scs) <= std::llabs(srs)) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* s = src + i * srs;
+      double* d = dst + i * drs;
+      for (int64_t c = 0; c < cols; ++c) {
+        double v = to_double(s[c * scs]);
+        poison += v - v;
+        d[c * dcs] = v * scale;
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < cols; ++c) {
+      const T* s = src + c * scs;
+      double* d = dst + c * dcs;
+      for (int64_t i = 0; i < rows; ++i) {
+        double v = to_double(s[i * srs]);
+        poison += v - v;
+        d[i * drs] = v * scale;
+      }
+    }
+  }
+  return poison == 0.0;
+}
+
+bool pack_any(const MatrixRef& x, int64_t c0, int64_t cols, double* dst, int64_t drs, int64_t dcs,
+              double scale) {
+  bool ok = true;
+  RS_DISPATCH_DTYPE(x.dtype, T, {
+    const T* base = static_cast<const T*>(x.ptr) + c0 * x.cs;
+    ok = pack(base, x.m, cols, x.rs, x.cs, dst, drs, dcs, scale);
+  });
+  return ok;
+}
+
+// Power-of-two scale bringing max|x| near 1, so that float64 Gram entries neither overflow nor
+// underflow. Only float64 data can be out of range; narrower types return 1.
+double gram_scale(const MatrixRef& x) {
+  if (x.dtype != DType::F64) return 1.0;
+  const double* p = static_cast<const double*>(x.ptr);
+  double mx = 0.0;
+  for (int64_t i = 0; i < x.m; ++i)
+    for (int64_t c = 0; c < x.n; ++c) mx = std::max(mx, std::fabs(p[i * x.rs + c * x.cs]));
+  if (!(mx > 0.0) || !std::isfinite(mx)) return 1.0;
+  int e;
+  std::frexp(mx, &e);
+  return std::ldexp(1.0, -e);
+}
+
+void write_values(const VectorOut& out, const double* s, int64_t k) {
+  if (out.dtype == DType::F64) {
+    double* o = static_cast<double*>(out.ptr);
+    for (int64_t i = 0; i < k; ++i) o[i * out.stride] = s[i];
+  } else {
+    float* o = static_cast<float*>(out.ptr);
+    for (int64_t i = 0; i < k; ++i) o[i * out.stride] = static_cast<float>(s[i]);
+  }
+}
+
+void write_nan(const VectorOut& out, int64_t k) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (out.dtype == DType::F64) {
+    double* o = static_cast<double*>(out.ptr);
+    for (int64_t i = 0; i < k; ++i) o[i * out.stride] = nan;
+  } else {
+    float* o = static_cast<float*>(out.ptr);
+    for (int64_t i = 0; i < k; ++i) o[i * out.stride] = std::numeric_limits<float>::quiet_NaN();
+  }
+}
+
+// Ascending eigenvalues of a Gram matrix (scaled by scale²) → descending singular values in place.
+void eig_to_sv(double* w, int64_t k, double scale) {
+  std::reverse(w, w + k);
+  for (int64_t i = 0; i < k; ++i) w[i] = std::sqrt(std::max(w[i], 0.0)) / scale;
+}
+
+// ---- routes ---------------------------------------------------------------------------------------
+
+int8_t run_exact(const MatrixRef& a, const VectorOut& out) {
+  const int64_t k = std::min(a.m, a.n);
+  const int m = lapack::checked_int(a.m, "m"), n = lapack::checked_int(a.n, "n");
+  double* buf = tls.a.get(static_cast<size_t>(a.m) * a.n);
+  // Column-major copy: element (i, j) at buf[i + j*m].
+  if (!pack_any(a, 0, a.n, buf, 1, a.m, 1.0)) {
+    write_nan(out, k);
+    return kNonFinite;
+  }
+  double* s = tls.d.get(k);
+  if (lapack::gesdd_values(m, n, buf, m > 1 ? m : 1, s) != 0) {
+    write_nan(out, k);
+    return kNoConvergence;
+  }
+  write_values(out, s, k);
+  return kOk;
+}
+
+int8_t run_gram(const MatrixRef& a, const VectorOut& out, bool two_stage) {
+  const MatrixRef x = small_side_view(a);
+  const int k = lapack::checked_int(x.m, "min(m, n)"), L = lapack::checked_int(x.n, "max(m, n)");
+  const double scale = gram_scale(x);
+  // B (L × k, column-major) = Xᵀ, so that G = Bᵀ B.
+  double* b = tls.a.get(static_cast<size_t>(k) * L);
+  if (!pack_any(x, 0, L, b, L, 1, scale)) {
+    write_nan(out, k);
+    return kNonFinite;
+  }
+  double* g = tls.g.get(static_cast<size_t>(k) * k);
+  lapack::syrk_lower_ata(k, L, b, L, g, k);
+  double* w = tls.d.get(k);
+  if (lapack::syevd_values(k, g, k, w, two_stage) != 0) return run_exact(a, out);
+  eig_to_sv(w, k, scale);
+  write_values(out, w, k);
+  return kOk;
+}
+
+// Up to compact::kLanes matrices of one shape, one per SIMD lane.
+void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, int count) {
+  constexpr int W = compact::kLanes;
+  MatrixRef x[W];
+  double scale[W];
+  bool finite[W];
+  for (int l = 0; l < count; ++l) {
+    x[l] = small_side_view(mats[l]);
+    scale[l] = gram_scale(x[l]);
+    finite[l] = true;
+  }
+  const int64_t k = x[0].m, L = x[0].n;
+  const int64_t chunk = std::min(L, kCompactChunk);
+  double* xc = tls.a.get(static_cast<size_t>(k * chunk * W));
+  double* g = tls.g.get(static_cast<size_t>(k * k * W));
+  double* d = tls.d.get(static_cast<size_t>(k * W));
+  double* e = tls.e.get(static_cast<size_t>(k * W + 2 * k));
+  std::fill(g, g + k * k * W, 0.0);
+  if (count < W) std::fill(xc, xc + k * chunk * W, 0.0);  // idle lanes stay zero
+  for (int64_t c0 = 0; c0 < L; c0 += chunk) {
+    const int64_t r = std::min(chunk, L - c0);
+    for (int l = 0; l < count; ++l)
+      finite[l] = pack_any(x[l], c0, r, xc + l, W, k * W, scale[l]) && finite[l];
+    compact::gram_accumulate(xc, static_cast<int>(k), static_cast<int>(r), g);
+  }
+  compact::tridiagonalize(g, static_cast<int>(k), d, e);
+  double* dl = e + k * W;  // per-lane scratch after the interleaved arrays
+  double* el = dl + k;
+  for (int l = 0; l < count; ++l) {
+    if (!finite[l]) {
+      write_nan(outs[l], k);
+      status[l] = kNonFinite;
+      continue;
+    }
+    for (int64_t i = 0; i < k; ++i) dl[i] = d[i * W + l];
+    for (int64_t i = 0; i + 1 < k; ++i) el[i] = e[i * W + l];
+    if (lapack::sterf(static_cast<int>(k), dl, el) != 0) {
+      status[l] = run_exact(mats[l], outs[l]);
+      continue;
+    }
+    eig_to_sv(dl, k, scale[l]);
+    write_values(outs[l], dl, k);
+    status[l] = kOk;
+  }
+}
+
+// One unit of parallel work: a compact group (count ≤ kLanes, indices idx[0..count)) or one matrix.
+struct Task {
+  Route route;
+  int count;
+  int64_t idx[compact::kLanes];
+  double cost;
+};
+
+double flops(const MatrixRef& a, Route r) {
+  const double k = static_cast<double>(std::min(a.m, a.n)), L = static_cast<double>(std::max(a.m, a.n));
+  if (r == Route::Exact) return 4.0 * k * k * L;
+  return k * k * L + 4.0 / 3.0 * k * k * k;
+}
+
+// OpenBLAS runs single-threaded inside our workers (set once); a call with fewer matrices than
+// threads raises its thread count for its duration. Serialised: the setting is process-wide.
+std::mutex& blas_threads_mutex() {
+  static std::mutex m;
+  return m;
+}
+void blas_single_threaded_once() {
+  static std::once_flag once;
+  std::call_once(once, [] { lapack::set_blas_threads(1); });
+}
+
+}  // namespace
+
+const char* route_name(DType dtype, int64_t m, int64_t n, Method method) {
+  switch (route_for(dtype, m, n, method)) {
+    case Route::CompactGram: return "compact-gram";
+    case Route::Gram: return "gram";
+    case Route::Gram2Stage: return "gram-2stage";
+    case Route::Exact: return "exact";
+  }
+  return "?";
+}
+
+int64_t compact_max_k() { return kCompactMaxK; }
+
+void set_num_threads(int n) { ThreadPool::instance().set_num_threads(n); }
+int num_threads() { return ThreadPool::instance().num_threads(); }
+
+void svdvals(const std::vector<MatrixRef>& in, const std::vector<VectorOut>& out, Method method,
+             int8_t* status) {
+  RS_CHECK(in.size() == out.size(), InvalidArgument, "svdvals: ", in.size(), " inputs but ", out.size(),
+           " outputs");
+  const int64_t n_in = static_cast<int64_t>(in.size());
+
+  // Group same-shape compact-route matrices; everything else is a task of its own.
+  std::vector<int64_t> order(n_in);
+  std::iota(order.begin(), order.end(), 0);
+  std::vector<Route> route(n_in);
+  for (int64_t i = 0; i < n_in; ++i) route[i] = route_for(in[i].dtype, in[i].m, in[i].n, method);
+  auto key = [&](int64_t i) {
+    const MatrixRef& a = in[i];
+    return std::make_tuple(route[i], std::min(a.m, a.n), std::max(a.m, a.n));
+  };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key(a) < key(b); });
+
+  std::vector<Task> tasks;
+  for (size_t p = 0; p < order.size();) {
+    const int64_t i = order[p];
+    const MatrixRef& a = in[i];
+    if (std::min(a.m, a.n) == 0) {  // empty matrix: no values
+      status[i] = kOk;
+      ++p;
+      continue;
+    }
+    Task t{route[i], 1, {i}, flops(a, route[i])};
+    ++p;
+    if (t.route == Route::CompactGram) {
+      while (t.count < compact::kLanes && p < order.size() && key(order[p]) == key(i)) t.idx[t.count++] = order[p++];
+      t.cost *= t.count;
+    }
+    tasks.push_back(t);
+  }
+  // Largest first, so the tail of the schedule is short.
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+
+  auto run_task = [&](int64_t ti) {
+    const Task& t = tasks[ti];
+    if (t.route == Route::CompactGram) {
+      MatrixRef mats[compact::kLanes];
+      VectorOut outs[compact::kLanes];
+      int8_t st[compact::kLanes];
+      for (int l = 0; l < t.count; ++l) {
+        mats[l] = in[t.idx[l]];
+        outs[l] = out[t.idx[l]];
+      }
+      run_compact(mats, outs, st, t.count);
+      for (int l = 0; l < t.count; ++l) status[t.idx[l]] = st[l];
+      return;
+    }
+    const int64_t i = t.idx[0];
+    status[i] = t.route == Route::Exact ? run_exact(in[i], out[i])
+                                        : run_gram(in[i], out[i], t.route == Route::Gram2Stage);
+  };
+
+  blas_single_threaded_once();
+  const int nt = num_threads();
+  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
+  if (n_tasks >= nt || nt == 1) {
+    ThreadPool::instance().parallel_for(n_tasks, run_task);
+  } else {
+    std::lock_guard<std::mutex> lk(blas_threads_mutex());
+    lapack::set_blas_threads(nt);
+    try {
+      for (int64_t ti = 0; ti < n_tasks; ++ti) run_task(ti);
+    } catch (...) {
+      lapack::set_blas_threads(1);
+      throw;
+    }
+    lapack::set_blas_threads(1);
+  }
+}
+
+}  // namespace rankscope

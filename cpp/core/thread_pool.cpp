@@ -1,0 +1,144 @@
+#include "core/thread_pool.h"
+
+#include <sched.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <exception>
+
+namespace rankscope {
+
+struct ThreadPool::Job {
+  const std::function<void(int64_t)>* fn;
+  int64_t n;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mu;
+  std::condition_variable finished;
+  std::exception_ptr error;
+};
+
+int available_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  unsigned h = std::thread::hardware_concurrency();
+  return h > 0 ? static_cast<int>(h) : 1;
+}
+
+static int default_threads() {
+  if (const char* env = std::getenv("RANKSCOPE_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  return available_cpus();
+}
+
+ThreadPool& ThreadPool::instance() {
+  // Leaked on purpose: joining threads during interpreter shutdown (static destruction) can deadlock.
+  static ThreadPool* pool = new ThreadPool();
+  return *pool;
+}
+
+ThreadPool::ThreadPool() { start(default_threads()); }
+
+ThreadPool::~ThreadPool() { stop(); }
+
+void ThreadPool::start(int n_threads) {
+  std::lock_guard<std::mutex> lk(mu_);
+  stopping_ = false;
+  n_threads_ = n_threads < 1 ? 1 : n_threads;
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+void ThreadPool::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void ThreadPool::set_num_threads(int n) {
+  std::lock_guard<std::mutex> lk(resize_mu_);
+  int want = n <= 0 ? default_threads() : n;
+  if (want == num_threads()) return;
+  // Running loops lose their helpers but finish on their callers' threads.
+  stop();
+  start(want);
+}
+
+int ThreadPool::num_threads() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return n_threads_;
+}
+
+void ThreadPool::run(Job& job) {
+  for (;;) {
+    int64_t i = job.next.fetch_add(1);
+    if (i >= job.n) return;
+    try {
+      (*job.fn)(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(job.mu);
+      if (!job.error) job.error = std::current_exception();
+    }
+    if (job.done.fetch_add(1) + 1 == job.n) {
+      std::lock_guard<std::mutex> lk(job.mu);
+      job.finished.notify_all();
+    }
+  }
+}
+
+void ThreadPool::worker_loop() {
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [this] { return stopping_ || !jobs_.empty(); });
+      if (stopping_) return;
+      job = jobs_.front();
+      if (job->next.load() >= job->n) {  // exhausted: retire it and look again
+        jobs_.pop_front();
+        continue;
+      }
+    }
+    run(*job);
+  }
+}
+
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  if (n == 1 || num_threads() == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  auto job = std::make_shared<Job>();
+  job->fn = &fn;
+  job->n = n;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    jobs_.push_back(job);
+  }
+  cv_.notify_all();
+  run(*job);
+  {
+    std::unique_lock<std::mutex> lk(job->mu);
+    job->finished.wait(lk, [&] { return job->done.load() == job->n; });
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto it = jobs_.begin(); it != jobs_.end(); ++it)
+      if (*it == job) {
+        jobs_.erase(it);
+        break;
+      }
+  }
+  if (job->error) std::rethrow_exception(job->error);
+}
+
+}  // namespace rankscope

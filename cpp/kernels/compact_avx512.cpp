@@ -1,0 +1,6 @@
+// avx512 variant of the compact kernels (see compact_impl.inl); build flags set by CMake.
+#define RS_COMPACT_ISA avx512
+#define RS_GRAM_BI 4
+#define RS_GRAM_BJ 4
+#define RS_TRD_CB 4
+#include "compact_impl.inl"

@@ -1,0 +1,99 @@
+#include "lapack/lapack.h"
+
+#include <climits>
+#include <vector>
+
+#include "rankscope/errors.h"
+
+// Fortran LAPACK/BLAS from scipy-openblas32: 32-bit ints; trailing hidden lengths of character args.
+extern "C" {
+void scipy_dsyrk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
+                  const double* a, const int* lda, const double* beta, double* c, const int* ldc,
+                  size_t, size_t);
+void scipy_dsterf_(const int* n, double* d, double* e, int* info);
+void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
+                   double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t, size_t);
+void scipy_dsyevd_2stage_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda,
+                          double* w, double* work, const int* lwork, int* iwork, const int* liwork, int* info,
+                          size_t, size_t);
+void scipy_dgesdd_(const char* jobz, const int* m, const int* n, double* a, const int* lda, double* s,
+                   double* u, const int* ldu, double* vt, const int* ldvt, double* work, const int* lwork,
+                   int* iwork, int* info, size_t);
+void scipy_openblas_set_num_threads(int);
+int scipy_openblas_get_num_threads(void);
+char* scipy_openblas_get_config(void);
+}
+
+namespace rankscope::lapack {
+
+int checked_int(int64_t v, const char* what) {
+  RS_CHECK(v >= 0 && v <= INT_MAX, InvalidArgument, what, " = ", v,
+           " does not fit LAPACK's 32-bit integers (at most ", INT_MAX, ")");
+  return static_cast<int>(v);
+}
+
+namespace {
+// Per-thread scratch for LAPACK work arrays, grown on demand.
+struct Scratch {
+  std::vector<double> work;
+  std::vector<int> iwork;
+  double* w(size_t n) {
+    if (work.size() < n) work.resize(n);
+    return work.data();
+  }
+  int* iw(size_t n) {
+    if (iwork.size() < n) iwork.resize(n);
+    return iwork.data();
+  }
+};
+thread_local Scratch scratch;
+
+void check_args(int info, const char* routine) {
+  RS_CHECK(info >= 0, LinAlgError, routine, ": argument ", -info, " had an illegal value");
+}
+}  // namespace
+
+void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc) {
+  const double one = 1.0, zero = 0.0;
+  scipy_dsyrk_("L", "T", &n, &k, &one, a, &lda, &zero, c, &ldc, 1, 1);
+}
+
+int sterf(int n, double* d, double* e) {
+  int info = 0;
+  scipy_dsterf_(&n, d, e, &info);
+  check_args(info, "dsterf");
+  return info;
+}
+
+int syevd_values(int n, double* a, int lda, double* w, bool two_stage) {
+  int info = 0, lwork = -1, liwork = -1, iq = 0;
+  double wq = 0;
+  auto call = two_stage ? scipy_dsyevd_2stage_ : scipy_dsyevd_;
+  call("N", "L", &n, a, &lda, w, &wq, &lwork, &iq, &liwork, &info, 1, 1);
+  check_args(info, two_stage ? "dsyevd_2stage (workspace query)" : "dsyevd (workspace query)");
+  lwork = static_cast<int>(wq) + 1;
+  liwork = iq > 1 ? iq : 1;
+  call("N", "L", &n, a, &lda, w, scratch.w(lwork), &lwork, scratch.iw(liwork), &liwork, &info, 1, 1);
+  check_args(info, two_stage ? "dsyevd_2stage" : "dsyevd");
+  return info;
+}
+
+int gesdd_values(int m, int n, double* a, int lda, double* s) {
+  int info = 0, lwork = -1, one = 1;
+  double wq = 0, dummy = 0;
+  const int k = m < n ? m : n;
+  int* iwork = scratch.iw(8 * static_cast<size_t>(k > 0 ? k : 1));
+  scipy_dgesdd_("N", &m, &n, a, &lda, s, &dummy, &one, &dummy, &one, &wq, &lwork, iwork, &info, 1);
+  check_args(info, "dgesdd (workspace query)");
+  lwork = static_cast<int>(wq) + 1;
+  scipy_dgesdd_("N", &m, &n, a, &lda, s, &dummy, &one, &dummy, &one, scratch.w(lwork), &lwork, iwork, &info,
+                1);
+  check_args(info, "dgesdd");
+  return info;
+}
+
+void set_blas_threads(int n) { scipy_openblas_set_num_threads(n); }
+int blas_threads() { return scipy_openblas_get_num_threads(); }
+const char* blas_config() { return scipy_openblas_get_config(); }
+
+}  // namespace rankscope::lapack

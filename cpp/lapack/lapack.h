@@ -1,0 +1,35 @@
+#pragma once
+/// \file lapack.h
+/// Typed float64 wrappers over the LAPACK/BLAS routines the CPU engine uses, from the scipy-openblas32
+/// library (32-bit integers, symbols prefixed scipy_). Every narrowing to int is checked.
+
+#include <cstdint>
+
+namespace rankscope::lapack {
+
+/// Checked narrowing of a size to LAPACK's 32-bit int; throws InvalidArgument naming `what`.
+int checked_int(int64_t v, const char* what);
+
+/// C (n × n, lower triangle) = Aᵀ A for column-major A (k × n, leading dimension lda) — BLAS dsyrk.
+void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc);
+
+/// Eigenvalues (ascending) of the symmetric tridiagonal matrix (d, e) — dsterf. Overwrites d with
+/// them and destroys e. Returns LAPACK's info (> 0: did not converge).
+int sterf(int n, double* d, double* e);
+
+/// Eigenvalues (ascending) of the symmetric matrix in the lower triangle of column-major `a`
+/// — dsyevd, or dsyevd_2stage when `two_stage`. Destroys `a`. Returns info.
+int syevd_values(int n, double* a, int lda, double* w, bool two_stage);
+
+/// Singular values (descending) of the column-major m × n matrix `a` — dgesdd, JOBZ = 'N'.
+/// Destroys `a`. Returns info (> 0: did not converge).
+int gesdd_values(int m, int n, double* a, int lda, double* s);
+
+/// OpenBLAS's own thread count (used inside one BLAS/LAPACK call).
+void set_blas_threads(int n);
+int blas_threads();
+
+/// OpenBLAS's build description, e.g. "OpenBLAS 0.3.30 DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64".
+const char* blas_config();
+
+}  // namespace rankscope::lapack

@@ -1,0 +1,65 @@
+"""rankscope: singular values, rank estimates and collapse metrics for many matrices at once.
+
+Functions take numpy arrays, torch tensors, anything with ``__dlpack__`` or the buffer protocol,
+nested lists, or a list of 2-D matrices of different shapes, and return results in the caller's
+framework. Metrics on precomputed singular values live in :mod:`rankscope.metrics`.
+"""
+
+from ._backend import _core, build_info
+from ._errors import LinAlgError
+from ._api import (
+    condition_number,
+    effective_rank,
+    energy_rank,
+    log10_sv_min,
+    matrix_rank,
+    nuclear_ratio,
+    participation_ratio,
+    rank_loss,
+    rankme,
+    spectrum_report,
+    stable_rank,
+    sv_max,
+    sv_min,
+    svdvals,
+    weak_rank_loss,
+)
+from . import metrics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "svdvals",
+    "matrix_rank",
+    "rank_loss",
+    "weak_rank_loss",
+    "sv_min",
+    "sv_max",
+    "log10_sv_min",
+    "condition_number",
+    "effective_rank",
+    "rankme",
+    "stable_rank",
+    "participation_ratio",
+    "nuclear_ratio",
+    "energy_rank",
+    "spectrum_report",
+    "metrics",
+    "set_num_threads",
+    "get_num_threads",
+    "build_info",
+    "LinAlgError",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads rankscope's CPU engine uses (the calling thread included); n <= 0 restores the default
+    (the CPUs this process may run on, or the RANKSCOPE_NUM_THREADS environment variable)."""
+    if not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads rankscope's CPU engine uses."""
+    return _core.get_num_threads()

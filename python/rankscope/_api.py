@@ -1,0 +1,234 @@
+"""Functions on matrices: singular values and every metric of `rankscope.metrics` computed from them."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import _core, metrics
+from ._arrays import Prepared, empty, finish, is_ragged, normalize_dtype, prepare, prepare_matrices, to_framework
+
+METHODS = ("auto", "exact", "gram")
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
+    """Raises for NaN/Inf inputs (when asked) and warns about matrices LAPACK could not solve."""
+    bad = np.flatnonzero(status == 1)
+    if check_finite and bad.size:
+        raise ValueError(
+            f"x contains NaN or Inf (matrix {where(bad[0])}"
+            + (f" and {bad.size - 1} more" if bad.size > 1 else "")
+            + "); pass check_finite=False to get NaN results for such matrices instead"
+        )
+    failed = np.flatnonzero(status == 2)
+    if failed.size:
+        shown = ", ".join(str(where(i)) for i in failed[:5]) + (", ..." if failed.size > 5 else "")
+        warnings.warn(
+            f"LAPACK did not converge for {failed.size} matrices ({shown}); their results are NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _regular(x: Any) -> Prepared:
+    p = prepare(x)
+    if len(p.shape) < 2:
+        raise ValueError(f"x must have at least 2 dimensions (..., m, n), got shape {p.shape}")
+    return p
+
+
+def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool):
+    """Singular values of a regular batch or a ragged list.
+
+    Returns (values, like): values in the caller's framework (host=False) or host numpy (host=True),
+    `like` the Prepared input(s) for wrapping results.
+    """
+    _check_method(method)
+    if is_ragged(x):
+        items = prepare_matrices(x)
+        outs = []
+        for p in items:
+            dt = dtype or ("float64" if p.dtype == "float64" else "float32")
+            k = min(p.shape)
+            outs.append(np.empty(k, dtype=dt) if host else empty(p, (k,), dt))
+        status = _core.svdvals_list([p.data for p in items], outs, method)
+        _check_status(status, check_finite, lambda i: f"x[{i}]")
+        return outs, items
+    p = _regular(x)
+    *batch, m, n = p.shape
+    dt = dtype or ("float64" if p.dtype == "float64" else "float32")
+    shape = (*batch, min(m, n))
+    out = np.empty(shape, dtype=dt) if host else empty(p, shape, dt)
+    status = _core.svdvals(p.data, out, method)
+    _check_status(status, check_finite, lambda i: f"at batch index {np.unravel_index(i, batch) if batch else ()}")
+    return out, p
+
+
+def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bool = True) -> Any:
+    """Singular values of each matrix, descending: shape (..., min(m, n)).
+
+    Parameters
+    ----------
+    x : array_like (..., m, n), or a list of 2-D arrays of different shapes
+        numpy arrays and torch CPU tensors are read in place (any strides, transposed views included);
+        float16/bfloat16 are converted while reading; integer/bool inputs are converted to float64.
+    method : {"auto", "exact", "gram"}
+        "exact": LAPACK dgesdd in float64. "gram": eigenvalues of the float64 Gram matrix of the smaller
+        side (values below ~1.5e-8·s₁ are noise). "auto": "gram" for float32 and narrower inputs (as
+        accurate as their data), "exact" for float64.
+    dtype : float32 or float64, optional
+        Output dtype; default float64 for float64 inputs, float32 otherwise.
+    check_finite : bool
+        Raise ValueError for NaN/Inf inputs (default); if False such matrices get NaN values and the
+        others are unaffected.
+
+    Returns
+    -------
+    The values in the caller's framework: numpy in → numpy out, torch in → torch out (same device),
+    nested lists in → lists out, a list of matrices → a list of 1-D results.
+    """
+    dt = normalize_dtype(dtype)
+    values, like = _run(x, method, dt, check_finite, host=False)
+    if isinstance(like, list):
+        return [finish(v, p) for v, p in zip(values, like)]
+    return finish(values, like)
+
+
+def _spectra(x: Any, method: str, check_finite: bool) -> metrics.Spectra:
+    """float64 spectra (host) of matrices, with their shapes and stored dtypes, for the metrics."""
+    values, like = _run(x, method, "float64", check_finite, host=True)
+    if isinstance(like, list):
+        m = np.array([p.shape[0] for p in like], dtype=np.float64)
+        n = np.array([p.shape[1] for p in like], dtype=np.float64)
+        return metrics.Spectra(values, m, n, [p.dtype for p in like], like, sorted=True)
+    *batch, mm, nn = like.shape
+    rows = int(np.prod(batch, dtype=np.int64))
+    return metrics.Spectra(
+        values.reshape(rows, min(mm, nn)),
+        np.full(rows, float(mm)),
+        np.full(rows, float(nn)),
+        [like.dtype] * rows,
+        like,
+        batch_shape=tuple(batch),
+        sorted=True,
+    )
+
+
+_COMMON = """
+    x : array_like (..., m, n) or list of 2-D arrays
+        As for `svdvals`; the result has the batch shape (a scalar for one matrix), or is a list.
+    method, check_finite :
+        As for `svdvals`.
+"""
+
+
+def matrix_rank(x, *, atol=None, rtol=None, policy="auto", method="auto", check_finite=True):
+    """Numerical rank: count(s > tol) with tol = max(atol, rtol · s₁), as int64.
+
+    Parameters
+    ----------""" + _COMMON + """    atol, rtol : float, optional
+        torch.linalg.matrix_rank semantics (either alone sets the other to 0).
+    policy : {"auto", "numpy", "data", "nr", "ww"}
+        Used when atol/rtol are not given. "auto" (default) applies numpy's rule
+        tol = s₁ · max(m, n) · eps(dtype) to float32/float64 inputs and tol = s₁ · eps(dtype) to
+        float16/bfloat16 inputs, where numpy's rule would call any matrix wider than 128 (bfloat16) or
+        1024 (float16) rank 0. eps is that of the dtype the data is stored in. See rankscope.metrics.
+    """
+    return metrics.evaluate(_spectra(x, method, check_finite), ["matrix_rank"], policy=policy, atol=atol,
+                            rtol=rtol)["matrix_rank"]
+
+
+def rank_loss(x, *, atol=None, rtol=None, policy="auto", method="auto", check_finite=True):
+    """min(m, n) − matrix_rank, as int64 (same tolerance arguments as `matrix_rank`).
+
+    Parameters
+    ----------""" + _COMMON
+    return metrics.evaluate(_spectra(x, method, check_finite), ["rank_loss"], policy=policy, atol=atol,
+                            rtol=rtol)["rank_loss"]
+
+
+def _simple(name: str, doc: str):
+    def fn(x, *, method="auto", check_finite=True, **kw):
+        return metrics.evaluate(_spectra(x, method, check_finite), [name], **kw)[name]
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc + "\n\n    Parameters\n    ----------" + _COMMON
+    fn.__module__ = "rankscope"
+    return fn
+
+
+def weak_rank_loss(x, *, threshold=1e-6, method="auto", check_finite=True):
+    """WeightWatcher's weak rank loss #{s² < threshold}, as int64."""
+    return metrics.evaluate(_spectra(x, method, check_finite), ["weak_rank_loss"],
+                            threshold=threshold)["weak_rank_loss"]
+
+
+sv_min = _simple("sv_min", "Smallest singular value (NaN for an empty matrix).")
+sv_max = _simple("sv_max", "Largest singular value: the spectral norm (NaN for an empty matrix).")
+log10_sv_min = _simple("log10_sv_min", "log10 of the smallest singular value (−inf for 0).")
+condition_number = _simple("condition_number", "s₁ / s_k (inf when s_k = 0, the zero matrix included).")
+stable_rank = _simple("stable_rank", "‖W‖_F² / ‖W‖₂² = Σ s² / s₁² (0 for the zero matrix).")
+nuclear_ratio = _simple("nuclear_ratio", "Σ s / s₁ (0 for the zero matrix).")
+
+
+def effective_rank(x, *, on="s", method="auto", check_finite=True):
+    """Roy & Vetterli's effective rank exp(H(p)), p = s/Σs (on="s", default) or s²/Σs² (on="s2").
+
+    Zero matrix: 0.0."""
+    return metrics.evaluate(_spectra(x, method, check_finite), ["effective_rank"], on=on)["effective_rank"]
+
+
+def rankme(x, *, eps=1e-7, method="auto", check_finite=True):
+    """RankMe (Garrido et al. 2023) of raw, uncentred embeddings: exp(−Σ p ln p), p = s/‖s‖₁ + eps."""
+    return metrics.evaluate(_spectra(x, method, check_finite), ["rankme"], eps=eps)["rankme"]
+
+
+def energy_rank(x, *, tau=0.99, method="auto", check_finite=True):
+    """Smallest r with Σ_{i≤r} s_i² ≥ tau · Σ s², as int64."""
+    return metrics.evaluate(_spectra(x, method, check_finite), ["energy_rank"], tau=tau)["energy_rank"]
+
+
+def participation_ratio(x, *, center=True, check_finite=True):
+    """Participation ratio of the covariance of rows: tr(C)² / ‖C‖_F², C = Xcᵀ Xc (no eigensolver).
+
+    x is (..., N, d), rows are samples. center=True subtracts the mean row first (the covariance);
+    center=False uses the raw second-moment matrix. Computed in float64 from the smaller of
+    Xcᵀ Xc and Xc Xcᵀ. Zero (or constant, when centred) data gives 0.0.
+    """
+    if is_ragged(x):
+        return [participation_ratio(e, center=center, check_finite=check_finite) for e in x]
+    p = _regular(x)
+    a = metrics._host_values(p, "x") if p.kind == "torch" else p.data
+    a = np.asarray(a, dtype=np.float64)
+    if check_finite and not np.all(np.isfinite(a)):
+        raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
+    if center:
+        a = a - a.mean(axis=-2, keepdims=True)
+    at = np.swapaxes(a, -1, -2)
+    c = at @ a if a.shape[-1] <= a.shape[-2] else a @ at
+    tr = np.trace(c, axis1=-2, axis2=-1)
+    fro2 = np.sum(c * c, axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pr = np.where(fro2 > 0, tr * tr / np.where(fro2 > 0, fro2, 1.0), 0.0)
+    pr = np.where(np.isnan(tr), np.nan, pr)
+    return to_framework(np.asarray(pr), p)
+
+
+def spectrum_report(x, *, method="auto", check_finite=True, atol=None, rtol=None, policy="auto", tau=0.99,
+                    eps=1e-7, on="s", threshold=1e-6) -> dict:
+    """One spectrum pass, every metric: a dict name → result, each shaped like `matrix_rank`'s.
+
+    Keys: matrix_rank, rank_loss, weak_rank_loss, sv_min, sv_max, log10_sv_min, condition_number,
+    effective_rank, rankme, stable_rank, participation_ratio (of the uncentred spectrum: (Σs²)²/Σs⁴),
+    nuclear_ratio, energy_rank and tol (the rank tolerance used). Options as for the single metrics.
+    """
+    sp = _spectra(x, method, check_finite)
+    return metrics.evaluate(sp, metrics.NAMES, policy=policy, atol=atol, rtol=rtol, tau=tau, eps=eps, on=on,
+                            threshold=threshold)

@@ -1,0 +1,170 @@
+"""Input classification, dtype/device checks and output allocation.
+
+One import path: every input becomes a numpy array or a torch tensor here (zero copy where the data
+is already a floating array on the host), the compiled core imports those through DLPack, and results
+are allocated here in the caller's framework so that the core only fills them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Stored dtype name -> (eps, dtype of the singular values returned by default).
+_FLOATS = {
+    "float16": (float(np.finfo(np.float16).eps), "float32"),
+    "bfloat16": (2.0**-7, "float32"),
+    "float32": (float(np.finfo(np.float32).eps), "float32"),
+    "float64": (float(np.finfo(np.float64).eps), "float64"),
+}
+
+
+def eps_of(dtype_name: str) -> float:
+    """Machine epsilon of a stored dtype (float16 2**-10, bfloat16 2**-7, ...)."""
+    return _FLOATS[dtype_name][0]
+
+
+def _torch():
+    return sys.modules.get("torch")
+
+
+def is_torch(x: Any) -> bool:
+    t = _torch()
+    return t is not None and isinstance(x, t.Tensor)
+
+
+@dataclass
+class Prepared:
+    """A validated array: `data` is what the core reads (numpy array or torch tensor)."""
+
+    data: Any
+    kind: str  # "numpy", "torch" or "list" (nested Python lists: results come back as lists)
+    dtype: str  # the dtype the data was stored in: float16, bfloat16, float32 or float64
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def eps(self) -> float:
+        return eps_of(self.dtype)
+
+
+def _prepare_numpy(a: np.ndarray, what: str, kind: str) -> Prepared:
+    dt = a.dtype
+    if dt.kind == "c":
+        raise TypeError(f"{what}: complex input ({dt}) is not supported; pass the real matrix")
+    if dt.kind in "biu":
+        a = a.astype(np.float64)  # documented: integer/bool inputs are converted to float64
+    elif dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+        raise TypeError(f"{what}: dtype {dt} is not supported; expected a real floating or integer array")
+    elif not dt.isnative:
+        a = a.astype(dt.newbyteorder("="))  # the core reads native byte order only
+    return Prepared(a, kind, a.dtype.name)
+
+
+def _prepare_torch(t: Any, what: str) -> Prepared:
+    torch = _torch()
+    if t.is_complex():
+        raise TypeError(f"{what}: complex input ({t.dtype}) is not supported; pass the real matrix")
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        if t.is_floating_point():
+            raise TypeError(f"{what}: dtype {t.dtype} is not supported")
+        t = t.to(torch.float64)
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"{what} is on device '{t.device}', but this rankscope install has no backend for it "
+            "(the CUDA backend is not built); move the tensor to the CPU with .cpu()"
+        )
+    if t.requires_grad:
+        t = t.detach()  # values only: no autograd through svdvals
+    return Prepared(t, "torch", str(t.dtype).removeprefix("torch."))
+
+
+def prepare(x: Any, what: str = "x") -> Prepared:
+    """Validates one array-like input without copying floating host data."""
+    if isinstance(x, np.ndarray):
+        return _prepare_numpy(x, what, "numpy")
+    if is_torch(x):
+        return _prepare_torch(x, what)
+    if isinstance(x, (list, tuple)):
+        try:
+            a = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"{what}: nested lists must form a regular array ({e})") from None
+        return _prepare_numpy(a, what, "list")
+    if hasattr(x, "__dlpack__") and not hasattr(x, "__array_interface__"):
+        try:
+            a = np.from_dlpack(x)
+        except (TypeError, BufferError, RuntimeError, ValueError) as e:
+            raise TypeError(f"{what}: cannot read {type(x).__name__} through DLPack on the host ({e})") from None
+        return _prepare_numpy(a, what, "numpy")
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # noqa: BLE001 - anything numpy cannot turn into an array
+        raise TypeError(f"{what}: expected an array, got {type(x).__name__} ({e})") from None
+    if a.dtype == object:
+        raise TypeError(f"{what}: expected an array, got {type(x).__name__}")
+    return _prepare_numpy(a, what, "numpy")
+
+
+def is_ragged(x: Any) -> bool:
+    """A list/tuple of arrays (not of numbers or nested lists) is a ragged batch of matrices."""
+    if not isinstance(x, (list, tuple)):
+        return False
+    if len(x) == 0:
+        return True
+    return all(isinstance(e, np.ndarray) or is_torch(e) or hasattr(e, "__dlpack__") for e in x)
+
+
+def prepare_matrices(x: Any, what: str = "x") -> list[Prepared]:
+    """Validates each matrix of a ragged list (each 2-D, all on one device)."""
+    items = [prepare(e, f"{what}[{i}]") for i, e in enumerate(x)]
+    for i, p in enumerate(items):
+        if len(p.shape) != 2:
+            raise ValueError(f"{what}[{i}] must be a 2-D matrix, got shape {p.shape}")
+    devices = {str(p.data.device) if p.kind == "torch" else "cpu" for p in items}
+    if len(devices) > 1:
+        raise ValueError(f"{what}: matrices on different devices ({', '.join(sorted(devices))})")
+    return items
+
+
+def normalize_dtype(dtype: Any) -> str | None:
+    """'float32'/'float64' from a numpy/torch dtype, a type or a string; None stays None."""
+    if dtype is None:
+        return None
+    if is_torch(dtype) or type(dtype).__module__ == "torch":
+        name = str(dtype).removeprefix("torch.")
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if name not in ("float32", "float64"):
+        raise TypeError(f"dtype must be float32 or float64, got {name}")
+    return name
+
+
+def empty(like: Prepared, shape: tuple, dtype: str) -> Any:
+    """An uninitialised output of `shape` in `like`'s framework and device."""
+    if like.kind == "torch":
+        torch = _torch()
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.data.device)
+    return np.empty(shape, dtype=dtype)
+
+
+def to_framework(a: np.ndarray, like: Prepared) -> Any:
+    """A host numpy result in `like`'s framework: numpy (0-d → scalar), torch, or Python lists."""
+    if like.kind == "torch":
+        return _torch().from_numpy(np.ascontiguousarray(a)).to(like.data.device)
+    if like.kind == "list":
+        return a.tolist()
+    return a[()] if a.ndim == 0 else a
+
+
+def finish(out: Any, like: Prepared) -> Any:
+    """An output allocated by empty(), returned in the caller's form."""
+    return out.tolist() if like.kind == "list" else out

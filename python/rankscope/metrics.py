@@ -1,0 +1,307 @@
+"""Rank metrics from precomputed singular values (METRICS.md §1–2).
+
+Every function here takes singular values `s` (shape (..., k), any order, or a list of 1-D spectra)
+so that one spectrum serves many metrics; the functions of the same names in `rankscope` take
+matrices and compute the spectrum first. All metrics are computed in float64 and returned as
+float64 (counts as int64) in the framework of `s`.
+
+Hard-rank tolerances (`matrix_rank`, `rank_loss`): tol = max(atol, rtol · s₁), and a value counts
+when s > tol (strict). The `policy` picks rtol when neither atol nor rtol is given:
+
+=========  ===========================================  ====================================
+policy     rtol                                         use
+=========  ===========================================  ====================================
+"numpy"    max(m, n) · eps(dtype)                       numpy.linalg.matrix_rank
+"data"     eps(dtype)                                   the level rounding to dtype reaches
+"nr"       ½ · sqrt(m + n + 1) · eps(dtype)             Numerical Recipes
+"ww"       max(m, n) · eps(float64)                     WeightWatcher parity
+"auto"     "numpy" for float32/float64, "data" for      the default
+           float16/bfloat16
+=========  ===========================================  ====================================
+
+eps is the eps of the dtype the matrix was *stored* in (pass ``dtype=``; default: the dtype of `s`).
+``atol``/``rtol`` follow torch.linalg.matrix_rank: either alone sets the other to 0.
+
+Conventions: a zero spectrum gives 0 for every rank-type metric (matrix_rank, effective_rank, rankme,
+stable_rank, participation_ratio, nuclear_ratio, energy_rank), condition_number inf and
+log10_sv_min -inf; an empty spectrum gives rank 0 and NaN for sv_min/sv_max/log10_sv_min/
+condition_number; a spectrum holding NaN gives NaN, and -1 for the integer counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _core
+from ._arrays import Prepared, eps_of, is_ragged, normalize_dtype, prepare, to_framework
+
+__all__ = [
+    "matrix_rank",
+    "rank_loss",
+    "weak_rank_loss",
+    "sv_min",
+    "sv_max",
+    "log10_sv_min",
+    "condition_number",
+    "effective_rank",
+    "rankme",
+    "stable_rank",
+    "participation_ratio",
+    "nuclear_ratio",
+    "energy_rank",
+    "report",
+    "POLICIES",
+]
+
+NAMES: tuple[str, ...] = tuple(_core.metric_names())
+_COLUMN = {name: i for i, name in enumerate(NAMES)}
+_COUNTS = frozenset({"matrix_rank", "rank_loss", "weak_rank_loss", "energy_rank"})
+POLICIES = ("auto", "numpy", "data", "nr", "ww")
+
+
+@dataclass
+class Spectra:
+    """Spectra ready for the core: `values` is (B, k) float32/float64 numpy or a list of 1-D ones."""
+
+    values: Any
+    m: np.ndarray  # float64 (B,), NaN where unknown
+    n: np.ndarray
+    dtypes: list  # stored dtype name per row
+    like: Any  # Prepared (regular) or list of Prepared (ragged)
+    batch_shape: tuple = ()
+    sorted: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ragged(self) -> bool:
+        return isinstance(self.like, list)
+
+    def wrap(self, column: np.ndarray) -> Any:
+        """One metric column in the caller's form."""
+        if self.ragged:
+            return [to_framework(np.asarray(column[i]), p) for i, p in enumerate(self.like)]
+        return to_framework(column.reshape(self.batch_shape), self.like)
+
+
+def _tolerances(sp: Spectra, policy: str, atol: float | None, rtol: float | None) -> np.ndarray:
+    """(B, 2) rows (rtol, atol) of tol = max(atol, rtol · s₁) for the chosen policy."""
+    rows = len(sp.dtypes)
+    out = np.zeros((rows, 2))
+    if atol is not None or rtol is not None:
+        if policy != "auto":
+            raise ValueError("give either policy= or atol=/rtol=, not both")
+        for name, v in (("atol", atol), ("rtol", rtol)):
+            if v is not None and not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number, got {v}")
+        out[:, 0] = 0.0 if rtol is None else rtol
+        out[:, 1] = 0.0 if atol is None else atol
+        return out
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    eps = np.array([eps_of(d) for d in sp.dtypes])
+    narrow = np.array([d in ("float16", "bfloat16") for d in sp.dtypes], dtype=bool)
+    mx, total = np.maximum(sp.m, sp.n), sp.m + sp.n
+    if policy == "auto":
+        rt = np.where(narrow, eps, mx * eps)
+        needs_shape = ~narrow
+    elif policy == "numpy":
+        rt, needs_shape = mx * eps, np.ones(rows, bool)
+    elif policy == "data":
+        rt, needs_shape = eps, np.zeros(rows, bool)
+    elif policy == "nr":
+        rt, needs_shape = 0.5 * np.sqrt(total + 1) * eps, np.ones(rows, bool)
+    else:  # ww
+        rt, needs_shape = mx * eps_of("float64"), np.ones(rows, bool)
+    if np.any(needs_shape & np.isnan(mx)):
+        raise ValueError(
+            f"rank policy {policy!r} needs the matrix shape: pass shape=(m, n) "
+            "(or atol=/rtol=, or policy='data')"
+        )
+    out[:, 0] = rt
+    return out
+
+
+def evaluate(
+    sp: Spectra,
+    names: Sequence[str],
+    *,
+    policy: str = "auto",
+    atol: float | None = None,
+    rtol: float | None = None,
+    tau: float = 0.99,
+    eps: float = 1e-7,
+    on: str = "s",
+    threshold: float = 1e-6,
+) -> dict:
+    """The named metrics of every spectrum in `sp`, each in the caller's form."""
+    if on not in ("s", "s2"):
+        raise ValueError(f"on must be 's' or 's2', got {on!r}")
+    tol = _tolerances(sp, policy, atol, rtol) if {"matrix_rank", "rank_loss", "tol"} & set(names) else (
+        np.zeros((len(sp.dtypes), 2))
+    )
+    table = np.empty((len(sp.dtypes), len(NAMES)))
+    _core.spectrum_metrics(sp.values, tol, table, float(tau), float(eps), on == "s2", float(threshold),
+                           not sp.sorted)
+    result = {}
+    for name in names:
+        col = table[:, _COLUMN[name]]
+        result[name] = sp.wrap(col.astype(np.int64) if name in _COUNTS else col)
+    return result
+
+
+def _host_values(p: Prepared, what: str) -> np.ndarray:
+    """A float32/float64 numpy view (or small copy for float16/bfloat16) of singular values."""
+    data = p.data
+    if p.kind == "torch":
+        if p.dtype in ("float16", "bfloat16"):
+            data = data.float()
+        data = data.numpy()
+    elif p.dtype == "float16":
+        data = data.astype(np.float32)
+    return data
+
+
+def from_values(s: Any, shape: Any = None, dtype: Any = None, what: str = "s") -> Spectra:
+    """Spectra from user-given singular values; `shape`: (m, n) or one per spectrum; `dtype`: stored dtype."""
+    stored = None if dtype is None else _stored_name(dtype)
+    if is_ragged(s):
+        items = [prepare(e, f"{what}[{i}]") for i, e in enumerate(s)]
+        for i, p in enumerate(items):
+            if len(p.shape) != 1:
+                raise ValueError(f"{what}[{i}] must be 1-D (one spectrum), got shape {p.shape}")
+        values = [_host_values(p, what) for p in items]
+        m, n = _shapes(shape, len(items), ragged=True)
+        return Spectra(values, m, n, [stored or p.dtype for p in items], items)
+    p = prepare(s, what)
+    if len(p.shape) < 1:
+        raise ValueError(f"{what} must have at least 1 dimension (..., k), got a scalar")
+    v = _host_values(p, what)
+    batch = p.shape[:-1]
+    rows = int(np.prod(batch, dtype=np.int64))
+    values = v.reshape(rows, p.shape[-1])
+    m, n = _shapes(shape, rows, ragged=False)
+    return Spectra(values, m, n, [stored or p.dtype] * rows, p, batch_shape=batch)
+
+
+def _stored_name(dtype: Any) -> str:
+    name = str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else None
+    if name is None:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    if name not in ("float16", "bfloat16", "float32", "float64"):
+        raise TypeError(f"dtype must name float16, bfloat16, float32 or float64, got {dtype!r}")
+    return name
+
+
+def _shapes(shape: Any, rows: int, ragged: bool) -> tuple[np.ndarray, np.ndarray]:
+    if shape is None:
+        nan = np.full(rows, np.nan)
+        return nan, nan.copy()
+    arr = np.asarray(shape, dtype=np.float64)
+    if arr.shape == (2,):
+        arr = np.broadcast_to(arr, (rows, 2))
+    if arr.shape != (rows, 2):
+        raise ValueError(f"shape must be (m, n) or one (m, n) per spectrum, got {shape!r}")
+    return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+# ---- public functions on singular values -----------------------------------------------------------
+
+_RANK_DOC = """
+    Parameters
+    ----------
+    s : array_like (..., k) or list of 1-D arrays
+        Singular values (any order).
+    shape : (m, n) or list of (m, n), optional
+        Shape of the matrix the values came from; needed by the "numpy", "nr" and "ww" policies.
+    dtype : dtype, optional
+        The dtype the matrix was stored in (sets eps); default: the dtype of `s`.
+    atol, rtol : float, optional
+        Absolute and relative tolerance, tol = max(atol, rtol · s₁) (torch semantics).
+    policy : {"auto", "numpy", "data", "nr", "ww"}
+        How rtol is chosen when atol/rtol are not given (module docstring).
+"""
+
+
+def matrix_rank(s, *, shape=None, dtype=None, atol=None, rtol=None, policy="auto"):
+    """Number of singular values above the tolerance, count(s > tol), as int64.
+    """ + _RANK_DOC
+    sp = from_values(s, shape, dtype)
+    return evaluate(sp, ["matrix_rank"], policy=policy, atol=atol, rtol=rtol)["matrix_rank"]
+
+
+def rank_loss(s, *, shape=None, dtype=None, atol=None, rtol=None, policy="auto"):
+    """k − matrix_rank: how many singular values are numerically zero, as int64.
+    """ + _RANK_DOC
+    sp = from_values(s, shape, dtype)
+    return evaluate(sp, ["rank_loss"], policy=policy, atol=atol, rtol=rtol)["rank_loss"]
+
+
+def weak_rank_loss(s, *, threshold=1e-6):
+    """WeightWatcher's weak rank loss: #{s² < threshold} (on eigenvalues l = s²), as int64."""
+    return evaluate(from_values(s), ["weak_rank_loss"], threshold=threshold)["weak_rank_loss"]
+
+
+def sv_min(s):
+    """Smallest singular value (NaN for an empty spectrum)."""
+    return evaluate(from_values(s), ["sv_min"])["sv_min"]
+
+
+def sv_max(s):
+    """Largest singular value, the spectral norm (NaN for an empty spectrum)."""
+    return evaluate(from_values(s), ["sv_max"])["sv_max"]
+
+
+def log10_sv_min(s):
+    """log10 of the smallest singular value (−inf for 0). Below −8: the rank-collapse flag of the literature."""
+    return evaluate(from_values(s), ["log10_sv_min"])["log10_sv_min"]
+
+
+def condition_number(s):
+    """s₁ / s_k (inf when s_k = 0, the zero matrix included)."""
+    return evaluate(from_values(s), ["condition_number"])["condition_number"]
+
+
+def effective_rank(s, *, on="s"):
+    """Roy & Vetterli's effective rank exp(H(p)), p = s/Σs (on="s") or p = s²/Σs² (on="s2").
+
+    On W = [[3, 0], [0, 1], [0, 0]]: 1.7548 with on="s", 1.3841455 with on="s2". Zero matrix: 0.
+    """
+    return evaluate(from_values(s), ["effective_rank"], on=on)["effective_rank"]
+
+
+def rankme(s, *, eps=1e-7):
+    """RankMe (Garrido et al. 2023): exp(−Σ p ln p), p = s/‖s‖₁ + eps, on the raw (uncentred) spectrum."""
+    return evaluate(from_values(s), ["rankme"], eps=eps)["rankme"]
+
+
+def stable_rank(s):
+    """Σ s² / s₁² = ‖W‖_F² / ‖W‖₂²."""
+    return evaluate(from_values(s), ["stable_rank"])["stable_rank"]
+
+
+def participation_ratio(s):
+    """(Σ l)² / Σ l² with l = s²: pass the singular values of the *centred* data for the PR of its covariance."""
+    return evaluate(from_values(s), ["participation_ratio"])["participation_ratio"]
+
+
+def nuclear_ratio(s):
+    """Σ s / s₁ (nuclear norm over spectral norm)."""
+    return evaluate(from_values(s), ["nuclear_ratio"])["nuclear_ratio"]
+
+
+def energy_rank(s, *, tau=0.99):
+    """Smallest r with Σ_{i≤r} s_i² ≥ tau · Σ s² (tau in (0, 1]), as int64."""
+    return evaluate(from_values(s), ["energy_rank"], tau=tau)["energy_rank"]
+
+
+def report(s, *, shape=None, dtype=None, atol=None, rtol=None, policy="auto", tau=0.99, eps=1e-7, on="s",
+           threshold=1e-6) -> dict:
+    """Every metric of this module at once: a dict name → result (the `tol` used included)."""
+    sp = from_values(s, shape, dtype)
+    return evaluate(sp, NAMES, policy=policy, atol=atol, rtol=rtol, tau=tau, eps=eps, on=on, threshold=threshold)
