@@ -71,17 +71,18 @@ RS_INLINE vd neg_copysign(const vd& h, const vd& s) {
 // ---------------------------------------------------------------------------------------------
 // Gram
 
-// G(i0:i0+BI, j0:j0+BJ) += X(i0:, :) X(j0:, :)^T, lower triangle only. Rows past k are clamped to
-// k-1 (computed redundantly, never stored) so one kernel also serves the ragged edge.
+// G(i0:i0+BI, j0:j0+BJ) += X(i0:, 0:nc) X(j0:, 0:nc)^T, lower triangle only; X(i, c) at
+// X[i*rs + c*cs]. Rows past k are clamped to k-1 (computed redundantly, never stored) so one
+// kernel also serves the ragged edge.
 template <int BI, int BJ>
-RS_INLINE void gram_block(const double* __restrict X, int k, int r, double* __restrict G, int i0,
-                          int j0) {
+RS_INLINE void gram_block(const double* __restrict X, std::ptrdiff_t rs, std::ptrdiff_t cs, int k,
+                          int nc, double* __restrict G, int i0, int j0) {
   const double* xi[BI];
   const double* xj[BJ];
 #pragma GCC unroll 16
-  for (int a = 0; a < BI; ++a) xi[a] = X + (i0 + a < k ? i0 + a : k - 1) * L;
+  for (int a = 0; a < BI; ++a) xi[a] = X + (i0 + a < k ? i0 + a : k - 1) * rs;
 #pragma GCC unroll 16
-  for (int b = 0; b < BJ; ++b) xj[b] = X + (j0 + b < k ? j0 + b : k - 1) * L;
+  for (int b = 0; b < BJ; ++b) xj[b] = X + (j0 + b < k ? j0 + b : k - 1) * rs;
 
   vd acc[BI][BJ];
 #pragma GCC unroll 16
@@ -89,10 +90,15 @@ RS_INLINE void gram_block(const double* __restrict X, int k, int r, double* __re
 #pragma GCC unroll 16
     for (int b = 0; b < BJ; ++b) acc[a][b] = vd{};
 
-  const std::ptrdiff_t stride = std::ptrdiff_t(k) * L;
-  for (int c = 0; c < r; ++c) {
-    const std::ptrdiff_t off = c * stride;
+  for (int c = 0; c < nc; ++c) {
+    const std::ptrdiff_t off = c * cs;
     vd y[BJ];
+#if RS_GRAM_PF
+#pragma GCC unroll 16
+    for (int b = 0; b < BJ; ++b) __builtin_prefetch(xj[b] + off + RS_GRAM_PF * cs);
+#pragma GCC unroll 16
+    for (int b = 0; b < BI; ++b) __builtin_prefetch(xi[b] + off + RS_GRAM_PF * cs);
+#endif
 #pragma GCC unroll 16
     for (int b = 0; b < BJ; ++b) y[b] = ld(xj[b] + off);
 #pragma GCC unroll 16
@@ -115,19 +121,33 @@ RS_INLINE void gram_block(const double* __restrict X, int k, int r, double* __re
     }
 }
 
+template <int BI, int BJ>
+RS_INLINE void gram_blocks(const double* X, std::ptrdiff_t rs, std::ptrdiff_t cs, int k, int nc,
+                           double* G) {
+  for (int j0 = 0; j0 < k; j0 += BJ)
+    for (int i0 = j0 / BI * BI; i0 < k; i0 += BI) gram_block<BI, BJ>(X, rs, cs, k, nc, G, i0, j0);
+}
+
+// Bytes of the stack buffer used to repack column chunks of X.
+constexpr int kPackDoubles = RS_GRAM_PACK_KB * 1024 / int(sizeof(double));
+
 void gram_impl(const double* X, int k, int r, double* G) {
   constexpr int BI = RS_GRAM_BI, BJ = RS_GRAM_BJ;
-  // Columns are taken in chunks small enough to stay in L1 while all blocks of G sweep over them:
-  // the rows of one block are k*64 bytes apart, which for k = 64 maps them all to the same few L1
-  // sets, so a block running over all columns would stream X from L2.
-  const int chunk_bytes = RS_GRAM_CHUNK_KB * 1024;
-  int cc = chunk_bytes / (k * int(sizeof(double)) * kLanes);
-  cc = cc < 1 ? 1 : cc;
+  // In X the rows of one block are k*64 bytes apart (a whole page for k = 64), which defeats the
+  // hardware prefetchers and L1 associativity; so chunks of columns are first transposed into a
+  // stack buffer where every row is one contiguous stream.
+  const int cc = kPackDoubles / (k * kLanes);
+  if (cc < 2) {
+    gram_blocks<BI, BJ>(X, L, std::ptrdiff_t(k) * L, k, r, G);
+    return;
+  }
+  alignas(64) double buf[kPackDoubles];
   for (int c0 = 0; c0 < r; c0 += cc) {
     const int nc = r - c0 < cc ? r - c0 : cc;
     const double* Xc = X + std::ptrdiff_t(c0) * k * L;
-    for (int j0 = 0; j0 < k; j0 += BJ)
-      for (int i0 = j0 / BI * BI; i0 < k; i0 += BI) gram_block<BI, BJ>(Xc, k, nc, G, i0, j0);
+    for (int c = 0; c < nc; ++c)
+      for (int i = 0; i < k; ++i) st(buf + (std::ptrdiff_t(i) * nc + c) * L, ld(Xc + (std::ptrdiff_t(c) * k + i) * L));
+    gram_blocks<BI, BJ>(buf, std::ptrdiff_t(nc) * L, L, k, nc, G);
   }
 }
 

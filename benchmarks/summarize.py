@@ -1,0 +1,41 @@
+"""Turns a pytest-benchmark JSON into the ratio table: median time per library and rankscope's
+speed-up against each, with accuracy. Usage: python benchmarks/summarize.py out.json [> table.md]"""
+
+import json
+import sys
+from collections import defaultdict
+
+
+def main(path: str) -> None:
+    with open(path) as f:
+        data = json.load(f)
+    rows = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        rows[(info["op"], info["case"])][info["lib"]] = (b["stats"]["median"], info)
+    cpu = data["machine_info"].get("cpu", {}).get("brand_raw", "?")
+    print(f"Machine: {cpu}, {data['machine_info'].get('cpu', {}).get('count', '?')} cores; "
+          f"{data['datetime'][:10]}; median of rounds, float32 inputs.\n")
+    print("| op | case | rankscope | numpy | torch | vs numpy | vs torch | error rankscope / numpy (max abs / s1) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (op, case), libs in rows.items():
+        t = {k: v[0] for k, v in libs.items()}
+        rs_t = t.get("rankscope")
+
+        def fmt(k):
+            return f"{t[k] * 1e3:.1f} ms" if k in t else "–"
+
+        def ratio(k):
+            return f"{t[k] / rs_t:.1f}×" if k in t and rs_t else "–"
+
+        if op == "svdvals":
+            acc = " / ".join(f"{libs[k][1].get('max_abs_err_rel_s1', float('nan')):.1e}" for k in ("rankscope", "numpy")
+                             if k in libs)
+        else:
+            acc = "ranks equal numpy's" if libs.get("rankscope", (0, {}))[1].get("agrees_with_numpy") else "ranks differ"
+        print(f"| {op} | {case} | {fmt('rankscope')} | {fmt('numpy')} | {fmt('torch')} | {ratio('numpy')} | "
+              f"{ratio('torch')} | {acc} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
