@@ -19,19 +19,26 @@ namespace {
 
 enum class Route : uint8_t { CompactGram, Gram, Gram2Stage, Exact };
 
-// Crossovers measured on the development machine (benchmarks/results, shared/notes):
-// the batch-interleaved kernel beats per-matrix dsyrk + dsytrd up to this smaller side,
-constexpr int64_t kCompactMaxK = 64;
-// and dsyevd_2stage beats dsyevd from this size on.
-constexpr int64_t kTwoStageMinK = 512;
-// Columns of the larger side loaded per pass of the compact Gram (bounds its workspace).
-constexpr int64_t kCompactChunk = 256;
+// Crossovers measured on the development machine (Sapphire Rapids, one core; µs per 8 matrices,
+// Gram + tridiagonalisation, compact kernel vs dsyrk + dsytrd): k = L = 64: 100 vs 411; k = 96,
+// L = 384: 1010 vs 1520; k = 128: 912 vs 2067 at L = 128 but 3867 vs 3313 at L = 512. So the
+// batch-interleaved kernel takes every smaller side k <= 96, and k <= 128 while L <= 2k.
+constexpr int64_t kCompactMaxK = 128;
+bool compact_fits(int64_t k, int64_t L) { return k <= 96 || (k <= kCompactMaxK && L <= 2 * k); }
+// and dsyevd_2stage beats dsyevd from this size on (single-threaded, n = 1024: 64 vs 73 ms;
+// n = 2048: 0.49 vs 1.0 s; n = 512: 13 vs 9.3 ms).
+constexpr int64_t kTwoStageMinK = 1024;
+// Workspaces above this many doubles (32 MB) are returned after each matrix, not kept per thread.
+constexpr size_t kKeepWorkspace = size_t(1) << 22;
+// Bytes of interleaved columns loaded per pass of the compact Gram: a panel that stays in L2
+// (measured: larger panels stream from memory and slow the Gram ~2x). Also bounds the workspace.
+constexpr int64_t kCompactPanelBytes = 512 * 1024;
 
 Route route_for(DType dtype, int64_t m, int64_t n, Method method) {
   const bool gram = method == Method::Gram || (method == Method::Auto && dtype != DType::F64);
   if (!gram) return Route::Exact;
   const int64_t k = std::min(m, n);
-  if (k <= kCompactMaxK) return Route::CompactGram;
+  if (compact_fits(k, std::max(m, n))) return Route::CompactGram;
   return k >= kTwoStageMinK ? Route::Gram2Stage : Route::Gram;
 }
 
@@ -52,11 +59,21 @@ struct AlignedBuffer {
     }
     return p;
   }
+  void shrink(size_t keep) {
+    if (cap > keep) {
+      std::free(p);
+      p = nullptr;
+      cap = 0;
+    }
+  }
   ~AlignedBuffer() { std::free(p); }
 };
 
 struct Workspace {
   AlignedBuffer a, g, d, e;
+  void shrink() {
+    for (AlignedBuffer* b : {&a, &g, &d, &e}) b->shrink(kKeepWorkspace);
+  }
 };
 thread_local Workspace tls;
 
@@ -198,7 +215,7 @@ void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, i
     finite[l] = true;
   }
   const int64_t k = x[0].m, L = x[0].n;
-  const int64_t chunk = std::min(L, kCompactChunk);
+  const int64_t chunk = std::min(L, std::max<int64_t>(8, kCompactPanelBytes / (k * W * 8)));
   double* xc = tls.a.get(static_cast<size_t>(k * chunk * W));
   double* g = tls.g.get(static_cast<size_t>(k * k * W));
   double* d = tls.d.get(static_cast<size_t>(k * W));
@@ -328,6 +345,7 @@ void svdvals(const std::vector<MatrixRef>& in, const std::vector<VectorOut>& out
     const int64_t i = t.idx[0];
     status[i] = t.route == Route::Exact ? run_exact(in[i], out[i])
                                         : run_gram(in[i], out[i], t.route == Route::Gram2Stage);
+    tls.shrink();
   };
 
   blas_single_threaded_once();

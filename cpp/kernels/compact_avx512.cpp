@@ -1,4 +1,4 @@
-// avx512 variant of the compact kernels (see compact_impl.inl); build flags set by CMake.
+// avx512 variant of the compact kernels (see compact_impl.inl); block sizes tuned on Sapphire Rapids.
 #define RS_COMPACT_ISA avx512
 #define RS_GRAM_BI 4
 #define RS_GRAM_BJ 4
