@@ -153,8 +153,11 @@ ImportedArray import_array(py::handle obj, const char* what, bool writable) {
   }
   if (PyObject_CheckBuffer(obj.ptr())) {
     auto buf = py::reinterpret_borrow<py::buffer>(obj);
-    out.owner_->buffer = std::make_unique<py::buffer_info>(buf.request(writable));
+    // Requested read-only and checked here: asking for a writable buffer raises a bare BufferError
+    // that does not name the argument.
+    out.owner_->buffer = std::make_unique<py::buffer_info>(buf.request(false));
     const py::buffer_info& info = *out.owner_->buffer;
+    RS_CHECK(!(writable && info.readonly), InvalidArgument, what, " is read-only");
     out.view.dtype = dtype_from_format(info.format, info.itemsize, what);
     out.view.data = info.ptr;
     out.view.readonly = info.readonly;

@@ -168,7 +168,9 @@ void run_metrics(const std::vector<SpecRef>& specs, const double* tol, double* o
     }
     for (int64_t i = 0; i < sp.k; ++i)
       RS_CHECK(!(s[i] < 0.0), InvalidArgument, "singular values must be non-negative; row ", r, " holds ", s[i]);
-    if (sort) std::sort(s.begin(), s.end(), [](double a, double b) { return a > b; });
+    // NaN breaks std::sort's strict weak ordering (undefined behaviour); such rows are all NaN anyway.
+    const bool finite = std::all_of(s.begin(), s.end(), [](double v) { return std::isfinite(v); });
+    if (sort && finite) std::sort(s.begin(), s.end(), [](double a, double b) { return a > b; });
     metrics::compute(s.data(), sp.k, {tol[2 * r], tol[2 * r + 1]}, p, out + r * metrics::kNumColumns);
   }
 }

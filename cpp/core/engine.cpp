@@ -83,31 +83,20 @@ MatrixRef small_side_view(const MatrixRef& a) {
   return a;
 }
 
-// dst(i, c) = scale * src(i, c) for i < rows, c < cols, dst(i, c) at dst[i*drs + c*dcs].
-// Returns false if src holds NaN or Inf.
+// dst(i, c) = scale * src(i, c) for i < rows, c < cols, dst(i, c) at dst[i*drs + c*dcs], reading
+// along src's shorter stride. Returns false if src holds NaN or Inf.
 template <class T>
 bool pack(const T* src, int64_t rows, int64_t cols, int64_t srs, int64_t scs, double* dst, int64_t drs,
           int64_t dcs, double scale) {
+  if (std::llabs(scs) > std::llabs(srs)) return pack(src, cols, rows, scs, srs, dst, dcs, drs, scale);
   double poison = 0.0;  // v - v is 0 for finite v, NaN otherwise
-  if (std::llabs(scs) <= std::llabs(srs)) {
-    for (int64_t i = 0; i < rows; ++i) {
-      const T* s = src + i * srs;
-      double* d = dst + i * drs;
-      for (int64_t c = 0; c < cols; ++c) {
-        double v = to_double(s[c * scs]);
-        poison += v - v;
-        d[c * dcs] = v * scale;
-      }
-    }
-  } else {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* s = src + i * srs;
+    double* d = dst + i * drs;
     for (int64_t c = 0; c < cols; ++c) {
-      const T* s = src + c * scs;
-      double* d = dst + c * dcs;
-      for (int64_t i = 0; i < rows; ++i) {
-        double v = to_double(s[i * srs]);
-        poison += v - v;
-        d[i * drs] = v * scale;
-      }
+      const double v = to_double(s[c * scs]);
+      poison += v - v;
+      d[c * dcs] = v * scale;
     }
   }
   return poison == 0.0;

@@ -61,7 +61,7 @@ void compute(const double* s, int64_t k, const RowTol& rt, const Params& p, doub
     const double p1 = r / sum_r, p2 = r * r / sum_r2, pm = p1 + p.rankme_eps;
     if (p1 > 0.0) h -= p1 * std::log(p1);
     if (p2 > 0.0) h2 -= p2 * std::log(p2);
-    hm -= pm * std::log(pm);
+    if (pm > 0.0) hm -= pm * std::log(pm);  // eps = 0 is allowed: 0 ln 0 = 0 as for the others
   }
   out[kEffectiveRank] = std::exp(p.erank_on_s2 ? h2 : h);
   out[kRankMe] = std::exp(hm);

@@ -67,7 +67,8 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool)
     shape = (*batch, min(m, n))
     out = np.empty(shape, dtype=dt) if host else empty(p, shape, dt)
     status = _core.svdvals(p.data, out, method)
-    _check_status(status, check_finite, lambda i: f"at batch index {np.unravel_index(i, batch) if batch else ()}")
+    _check_status(status, check_finite,
+                  lambda i: f"at batch index {tuple(int(j) for j in np.unravel_index(i, batch)) if batch else ()}")
     return out, p
 
 
@@ -210,6 +211,9 @@ def participation_ratio(x, *, center=True, check_finite=True):
     if check_finite and not np.all(np.isfinite(a)):
         raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
     if center:
+        # Shift by the first row before centring: the result is the same, but constant columns become
+        # exact zeros (x - mean(x) leaves rounding residue, whose PR is garbage instead of 0.0).
+        a = a - a[..., :1, :]
         a = a - a.mean(axis=-2, keepdims=True)
     at = np.swapaxes(a, -1, -2)
     c = at @ a if a.shape[-1] <= a.shape[-2] else a @ at

@@ -159,7 +159,8 @@ def empty(like: Prepared, shape: tuple, dtype: str) -> Any:
 def to_framework(a: np.ndarray, like: Prepared) -> Any:
     """A host numpy result in `like`'s framework: numpy (0-d → scalar), torch, or Python lists."""
     if like.kind == "torch":
-        return _torch().from_numpy(np.ascontiguousarray(a)).to(like.data.device)
+        # reshape: np.ascontiguousarray makes 0-d arrays 1-d, and one matrix's metric is a 0-d tensor
+        return _torch().from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(like.data.device)
     if like.kind == "list":
         return a.tolist()
     return a[()] if a.ndim == 0 else a

@@ -54,7 +54,8 @@ def _scan(model: dict[str, np.ndarray], collapse_log10: float) -> list[dict]:
     return rows
 
 
-def _print_table(rows: list[dict], out=sys.stdout) -> None:
+def _print_table(rows: list[dict], out=None) -> None:
+    out = out if out is not None else sys.stdout  # looked up per call: redirect_stdout must see the table
     head = f"{'layer':<26} {'shape':>9} {'rank':>5} {'loss':>5} {'log10 s_min':>11} {'eff. rank':>9} {'stable':>7}  flag"
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = _scan(model, args.collapse_log10)
     elapsed = time.perf_counter() - t0
     if args.json:
-        print(json.dumps(rows, indent=1))
+        # Strict JSON has no Infinity/NaN (log10_sv_min is -inf for a zero s_min): those become null.
+        clean = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
+        print(json.dumps(clean, indent=1, allow_nan=False))
     else:
         _print_table(rows)
         n_bad = sum(r["collapsed"] for r in rows)

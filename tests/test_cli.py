@@ -1,0 +1,124 @@
+"""The command line: `rankscope scan --example` and `rankscope info`; build_info()."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rankscope as rs
+from rankscope import cli
+from rankscope._backend import cuda_available
+
+PLANTED = "blocks.1.mlp.fc2.weight"
+INFO_KEYS = {"cpu_isa", "blas", "num_threads", "available_cpus", "compact_max_k", "cuda"}
+
+
+def _strict_json(text: str):
+    def no_constants(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=no_constants)
+
+
+def _flagged_in_table(text: str) -> list[str]:
+    return [line.split()[0] for line in text.splitlines() if line.rstrip().endswith("RANK COLLAPSE")]
+
+
+def test_scan_example_table(capsys):
+    assert cli.main(["scan", "--example"]) == 0
+    out = capsys.readouterr().out
+    model = cli.example_model()
+    for name in model:
+        assert name in out
+    assert _flagged_in_table(out) == [PLANTED]
+    assert f"{len(model)} matrices scanned" in out and "1 flagged as rank-collapsed" in out
+
+
+def test_scan_example_json(capsys):
+    assert cli.main(["scan", "--example", "--json"]) == 0
+    rows = _strict_json(capsys.readouterr().out)
+    model = cli.example_model()
+    assert [r["layer"] for r in rows] == list(model)
+    assert [r["layer"] for r in rows if r["collapsed"]] == [PLANTED]
+    by = {r["layer"]: r for r in rows}
+    planted = by[PLANTED]
+    assert planted["matrix_rank"] == 6 and planted["rank_loss"] == 58 and planted["shape"] == "64x256"
+    for name, w in model.items():
+        r = by[name]
+        assert r["matrix_rank"] + r["rank_loss"] == min(w.shape)
+        assert r["sv_max"] == pytest.approx(float(np.linalg.norm(w.astype(np.float64), 2)), rel=1e-6)
+        if name != PLANTED:
+            assert r["rank_loss"] == 0 and r["log10_sv_min"] > -8
+
+
+def test_scan_collapse_threshold_flag(capsys):
+    """--collapse-log10 flags layers whose s_min/s_max is below the threshold even without rank loss."""
+    assert cli.main(["scan", "--example", "--json", "--collapse-log10", "1"]) == 0
+    rows = _strict_json(capsys.readouterr().out)
+    assert all(r["collapsed"] for r in rows)  # log10(s_min/s_max) <= 0 < 1 everywhere
+
+
+def test_example_model_planted_layer():
+    model = cli.example_model()
+    s = np.linalg.svd(model[PLANTED].astype(np.float64), compute_uv=False)
+    assert np.all(s[:6] >= 0.49) and np.all(s[6:] < 1e-7)
+    assert model[PLANTED].dtype == np.float32
+
+
+def test_scan_requires_example(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["scan"])
+    assert e.value.code == 2
+    assert "--example" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    assert e.value.code == 2
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    info = _strict_json(capsys.readouterr().out)
+    assert info == json.loads(json.dumps(rs.build_info()))
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).parent / "rankscope"
+    found = str(script) if script.exists() else shutil.which("rankscope")
+    if not found:
+        pytest.skip("the rankscope console script is not installed next to this interpreter")
+    return found
+
+
+def test_console_script_scan_and_info():
+    exe = _console_script()
+    env = dict(os.environ, RANKSCOPE_NUM_THREADS="1")
+    r = subprocess.run([exe, "scan", "--example"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert _flagged_in_table(r.stdout) == [PLANTED]
+    r = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    info = _strict_json(r.stdout)
+    assert set(info) == INFO_KEYS and info["num_threads"] == 1
+    r = subprocess.run([exe, "scan"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--example" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "rankscope.cli", "info"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and set(_strict_json(r.stdout)) == INFO_KEYS
+
+
+def test_build_info():
+    info = rs.build_info()
+    assert set(info) == INFO_KEYS
+    assert info["cpu_isa"] in ("avx512", "avx2", "generic")
+    assert isinstance(info["blas"], str) and "OpenBLAS" in info["blas"]
+    assert info["num_threads"] == rs.get_num_threads() >= 1
+    assert info["available_cpus"] >= 1
+    assert info["compact_max_k"] == rs._core.compact_max_k() >= 1
+    assert info["cuda"] is cuda_available()
+    assert rs.__version__ and all(hasattr(rs, name) for name in rs.__all__)
