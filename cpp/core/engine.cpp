@@ -208,7 +208,7 @@ void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, i
   double* xc = tls.a.get(static_cast<size_t>(k * chunk * W));
   double* g = tls.g.get(static_cast<size_t>(k * k * W));
   double* d = tls.d.get(static_cast<size_t>(k * W));
-  double* e = tls.e.get(static_cast<size_t>(k * W + 2 * k));
+  double* e = tls.e.get(static_cast<size_t>(k * W));
   std::fill(g, g + k * k * W, 0.0);
   if (count < W) std::fill(xc, xc + k * chunk * W, 0.0);  // idle lanes stay zero
   for (int64_t c0 = 0; c0 < L; c0 += chunk) {
@@ -218,23 +218,21 @@ void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, i
     compact::gram_accumulate(xc, static_cast<int>(k), static_cast<int>(r), g);
   }
   compact::tridiagonalize(g, static_cast<int>(k), d, e);
-  double* dl = e + k * W;  // per-lane scratch after the interleaved arrays
-  double* el = dl + k;
+  const unsigned failed = compact::tridiag_eigvals(d, e, static_cast<int>(k));
+  double* w = e;  // e is spent: per-lane scratch
   for (int l = 0; l < count; ++l) {
     if (!finite[l]) {
       write_nan(outs[l], k);
       status[l] = kNonFinite;
-      continue;
-    }
-    for (int64_t i = 0; i < k; ++i) dl[i] = d[i * W + l];
-    for (int64_t i = 0; i + 1 < k; ++i) el[i] = e[i * W + l];
-    if (lapack::sterf(static_cast<int>(k), dl, el) != 0) {
+    } else if (failed >> l & 1u) {  // no convergence in the lock-step QL/QR: LAPACK's SVD instead
       status[l] = run_exact(mats[l], outs[l]);
-      continue;
+    } else {
+      for (int64_t i = 0; i < k; ++i) w[i] = d[i * W + l];
+      std::sort(w, w + k);
+      eig_to_sv(w, k, scale[l]);
+      write_values(outs[l], w, k);
+      status[l] = kOk;
     }
-    eig_to_sv(dl, k, scale[l]);
-    write_values(outs[l], dl, k);
-    status[l] = kOk;
   }
 }
 

@@ -10,8 +10,7 @@
 ///   1. zero G, then `gram_accumulate` over the columns of X (may be called repeatedly on
 ///      column panels of X to accumulate G = X X^T);
 ///   2. `tridiagonalize` G -> (d, e);
-///   3. per lane, LAPACK dsterf on (d, e) gives the eigenvalues of G = squared singular values of X
-///      (done by the caller).
+///   3. `tridiag_eigvals` on (d, e) gives the eigenvalues of G = squared singular values of X.
 ///
 /// Memory: every pointer should be 64-byte aligned for speed (correct for any 8-byte alignment).
 /// No padding beyond the sizes stated below is read or written. The functions allocate nothing and
@@ -45,6 +44,16 @@ void gram_accumulate(const double* X, int k, int r, double* G);
 /// zero column (x-norm 0) gives tau = 0 without dividing by zero. No scaling is applied: the caller
 /// should keep max|G| within ~1e-150..1e150 (e.g. scale X so that max|x| ~ 1). Requires k >= 1.
 void tridiagonalize(double* G, int k, double* d, double* e);
+
+/// Eigenvalues of the 8 interleaved symmetric tridiagonal matrices (d, e) as left by
+/// tridiagonalize(), in any order, overwriting d[i*kLanes + l] (0 <= i < k); e is destroyed (not
+/// accessed when k == 1). The numerics are LAPACK dsterf's (Pal-Walker-Kahan root-free QL/QR with
+/// its splitting, QL/QR choice and block scaling), run on the 8 lanes in lock-step.
+/// Lanes are independent: a lane holding NaN/Inf, or one that fails to converge within 30*k QL/QR
+/// sweeps, sets bit l of the returned mask (its d is then unspecified) and never affects the other
+/// lanes, and the call always terminates. A zero lane (e.g. padding) finishes without any sweep.
+/// Requires k >= 1.
+unsigned tridiag_eigvals(double* d, double* e, int k);
 
 /// Name of the instruction set chosen at run time: "avx512", "avx2" or "generic".
 const char* isa_name();

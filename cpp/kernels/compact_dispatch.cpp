@@ -10,6 +10,7 @@ namespace rankscope::compact {
   namespace ns {                                                       \
   void gram_accumulate(const double* X, int k, int r, double* G);      \
   void tridiagonalize(double* G, int k, double* d, double* e);         \
+  unsigned tridiag_eigvals(double* d, double* e, int k);               \
   }
 RS_DECLARE_VARIANT(avx512)
 RS_DECLARE_VARIANT(avx2)
@@ -22,13 +23,14 @@ struct Variant {
   const char* name;
   void (*gram)(const double*, int, int, double*);
   void (*tridiag)(double*, int, double*, double*);
+  unsigned (*eigvals)(double*, double*, int);
 };
 
 Variant choose() {
   const Variant variants[] = {
-      {"generic", generic::gram_accumulate, generic::tridiagonalize},
-      {"avx2", avx2::gram_accumulate, avx2::tridiagonalize},
-      {"avx512", avx512::gram_accumulate, avx512::tridiagonalize},
+      {"generic", generic::gram_accumulate, generic::tridiagonalize, generic::tridiag_eigvals},
+      {"avx2", avx2::gram_accumulate, avx2::tridiagonalize, avx2::tridiag_eigvals},
+      {"avx512", avx512::gram_accumulate, avx512::tridiagonalize, avx512::tridiag_eigvals},
   };
   int best = 0;
 #if defined(__x86_64__) || defined(__i386__)
@@ -54,6 +56,7 @@ const Variant& variant() {
 
 void gram_accumulate(const double* X, int k, int r, double* G) { variant().gram(X, k, r, G); }
 void tridiagonalize(double* G, int k, double* d, double* e) { variant().tridiag(G, k, d, e); }
+unsigned tridiag_eigvals(double* d, double* e, int k) { return variant().eigvals(d, e, k); }
 const char* isa_name() { return variant().name; }
 
 }  // namespace rankscope::compact

@@ -10,7 +10,6 @@ extern "C" {
 void scipy_dsyrk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
                   const double* a, const int* lda, const double* beta, double* c, const int* ldc,
                   size_t, size_t);
-void scipy_dsterf_(const int* n, double* d, double* e, int* info);
 void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
                    double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t, size_t);
 void scipy_dsyevd_2stage_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda,
@@ -56,13 +55,6 @@ void check_args(int info, const char* routine) {
 void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc) {
   const double one = 1.0, zero = 0.0;
   scipy_dsyrk_("L", "T", &n, &k, &one, a, &lda, &zero, c, &ldc, 1, 1);
-}
-
-int sterf(int n, double* d, double* e) {
-  int info = 0;
-  scipy_dsterf_(&n, d, e, &info);
-  check_args(info, "dsterf");
-  return info;
 }
 
 int syevd_values(int n, double* a, int lda, double* w, bool two_stage) {

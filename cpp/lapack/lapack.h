@@ -13,10 +13,6 @@ int checked_int(int64_t v, const char* what);
 /// C (n × n, lower triangle) = Aᵀ A for column-major A (k × n, leading dimension lda) — BLAS dsyrk.
 void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc);
 
-/// Eigenvalues (ascending) of the symmetric tridiagonal matrix (d, e) — dsterf. Overwrites d with
-/// them and destroys e. Returns LAPACK's info (> 0: did not converge).
-int sterf(int n, double* d, double* e);
-
 /// Eigenvalues (ascending) of the symmetric matrix in the lower triangle of column-major `a`
 /// — dsyevd, or dsyevd_2stage when `two_stage`. Destroys `a`. Returns info.
 int syevd_values(int n, double* a, int lda, double* w, bool two_stage);
