@@ -13,11 +13,8 @@ import os
 
 import numpy as np
 import pytest
-
-import rankscope as rs
+import torch  # a test dependency (pyproject's "test" extra pins the CPU build)
 from rankscope import _core
-
-torch = pytest.importorskip("torch")
 
 EPS64 = float(np.finfo(np.float64).eps)
 EPS32 = float(np.finfo(np.float32).eps)
@@ -25,11 +22,14 @@ EPS32 = float(np.finfo(np.float32).eps)
 EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": EPS32, "float64": EPS64}
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 #: (framework, dtype) pairs that exist: numpy has no bfloat16.
-FW_DTYPES = [(fw, dt) for fw in ("numpy", "torch") for dt in DTYPES if (fw, dt) != ("numpy", "bfloat16")]
+FW_DTYPES = [
+    (fw, dt) for fw in ("numpy", "torch") for dt in DTYPES if (fw, dt) != ("numpy", "bfloat16")
+]
 COMPACT_MAX_K = int(_core.compact_max_k())
 
 
-# ---- seeds ----------------------------------------------------------------------------------------
+# ---- seeds ---------------------------------------------------------------------------------------
+
 
 def _session_seed() -> int | None:
     env = os.environ.get("RANKSCOPE_TEST_SEED")
@@ -38,7 +38,7 @@ def _session_seed() -> int | None:
 
 @pytest.fixture
 def seed(request) -> int:
-    """A fresh 128-bit seed per test (or RANKSCOPE_TEST_SEED), shown in the report when the test fails."""
+    """A fresh 128-bit seed per test (or RANKSCOPE_TEST_SEED), shown in a failing test's report."""
     s = _session_seed()
     if s is None:
         s = int(np.random.SeedSequence().entropy)
@@ -62,7 +62,8 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-# ---- frameworks -----------------------------------------------------------------------------------
+# ---- frameworks ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(params=["numpy", "torch"])
 def framework(request) -> str:
@@ -80,7 +81,7 @@ def to_framework(a: np.ndarray, framework: str, dtype: str | None = None):
 
 
 def stored64(x) -> np.ndarray:
-    """The values the caller stored, exactly, as float64 numpy (float16/bfloat16 are exact in float64)."""
+    """The values the caller stored, exactly, as float64 numpy (float16/bfloat16 are exact)."""
     if isinstance(x, torch.Tensor):
         return x.detach().to(torch.float64).numpy()
     return np.asarray(x, dtype=np.float64)
@@ -98,10 +99,11 @@ def dtype_name(x) -> str:
     return np.asarray(x).dtype.name
 
 
-# ---- engineered spectra ---------------------------------------------------------------------------
+# ---- engineered spectra --------------------------------------------------------------------------
+
 
 def haar(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """n × k with orthonormal columns, Haar-distributed: QR of a Gaussian with R's signs moved into Q."""
+    """n × k, orthonormal columns, Haar-distributed: QR of a Gaussian, R's signs moved into Q."""
     if k == 0:
         return np.zeros((n, 0))
     q, r = np.linalg.qr(rng.standard_normal((n, k)))
@@ -121,11 +123,17 @@ def prescribed(kind: str, k: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "repeated":
         return np.repeat([1.0, 0.5, 0.25, 1e-3], -(-k // 4))[:k]
     if kind == "clustered":
-        return np.sort(np.concatenate([1.0 + 1e-9 * rng.standard_normal(k - k // 2), 1e-3 + 1e-12 * rng.random(k // 2)]))[::-1]
+        return np.sort(
+            np.concatenate(
+                [1.0 + 1e-9 * rng.standard_normal(k - k // 2), 1e-3 + 1e-12 * rng.random(k // 2)]
+            )
+        )[::-1]
     if kind == "zero":
         return np.zeros(k)
     if kind == "gaussian":
-        return np.sort(np.abs(rng.standard_normal(k)))[::-1] / max(1.0, np.abs(rng.standard_normal(k)).max())
+        return np.sort(np.abs(rng.standard_normal(k)))[::-1] / max(
+            1.0, np.abs(rng.standard_normal(k)).max()
+        )
     raise ValueError(kind)
 
 
@@ -148,7 +156,8 @@ def ref_svdvals(x) -> np.ndarray:
     return np.linalg.svd(a, compute_uv=False)
 
 
-# ---- accuracy -------------------------------------------------------------------------------------
+# ---- accuracy ------------------------------------------------------------------------------------
+
 
 def route_of(dtype: str, m: int, n: int, method: str) -> str:
     return _core.route(dtype, m, n, method)
@@ -163,9 +172,9 @@ def sv_tolerance(route: str, m: int, n: int, ref: np.ndarray, out_dtype: str) ->
 
     gram (float64 Gram of the smaller side, symmetric eigenvalues): |δ(s²)| ≲ c·(k + √L)·eps64·s₁²:
     the eigensolver's backward error O(k·eps)·‖G‖ plus the rounding of each Gram entry, a sum of L
-    products whose error grows like √L·eps (measured ≤ 0.3 (k + √L)·eps64·s₁², worst at 3 × 1000 where
-    k·eps alone is exceeded 3×). c = 2. In s that is |δs| ≤ min(√T, T / (s + s_ref)): values below
-    ~1.5e-8·s₁ are noise, as METRICS.md §0 says.
+    products whose error grows like √L·eps (measured ≤ 0.3 (k + √L)·eps64·s₁², worst at 3 × 1000
+    where k·eps alone is exceeded 3×). c = 2. In s that is |δs| ≤ min(√T, T / (s + s_ref)):
+    values below ~1.5e-8·s₁ are noise, as METRICS.md §0 says.
 
     float32 outputs add their own rounding, eps32·s_ref.
     """
@@ -175,19 +184,22 @@ def sv_tolerance(route: str, m: int, n: int, ref: np.ndarray, out_dtype: str) ->
     if route == "exact":
         tol = 2.0 * L * eps * s1 + np.zeros_like(ref)
     else:
-        # T = c·s₁², written scale-free so that it cannot underflow: min(√T, T/(2s)) = s₁·min(√c, c·s₁/(2s))
+        # T = c·s₁², written scale-free so that it cannot underflow:
+        # min(√T, T/(2s)) = s₁·min(√c, c·s₁/(2s))
         c = 2.0 * (k + np.sqrt(L)) * eps
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             ratio = np.where(ref > 0, s1 / (2.0 * ref), np.inf)
         tol = s1 * np.minimum(np.sqrt(c), c * ratio) + 0 * ref
-    # results in the float64 subnormal range are quantised to 5e-324 steps: a few of them, absolutely
+    # results in float64's subnormal range are quantised to 5e-324 steps: allow a few of them
     tol = tol + 8 * np.finfo(np.float64).smallest_subnormal
     if out_dtype == "float32":
         tol = tol + EPS32 * ref + np.finfo(np.float32).smallest_subnormal
     return tol
 
 
-def assert_sv_close(got, x, method: str = "auto", msg: str = "", ref: np.ndarray | None = None) -> None:
+def assert_sv_close(
+    got, x, method: str = "auto", msg: str = "", ref: np.ndarray | None = None
+) -> None:
     """`got` (svdvals(x, method=method)) against numpy's float64 SVD of x's stored values."""
     a = stored64(x)
     *_, m, n = a.shape
@@ -201,16 +213,10 @@ def assert_sv_close(got, x, method: str = "auto", msg: str = "", ref: np.ndarray
     if bad.any():
         i = tuple(np.argwhere(bad)[0])
         raise AssertionError(
-            f"{route} route, {m}×{n} {dtype_name(x)}: |s − s_ref| = {err[i]:.3e} > tol {tol[i]:.3e} at {i} "
+            f"{route} route, {m}×{n} {dtype_name(x)}: |s − s_ref| = {err[i]:.3e} > "
+            f"tol {tol[i]:.3e} at {i} "
             f"(got {g[i]!r}, numpy {ref[i]!r}); {bad.sum()} of {bad.size} values off {msg}"
         )
-
-
-def has_tiny_entries(x, ratio: float = 1e-100) -> bool:
-    """Non-zero entries below ratio·max|x|: float64 data that hits the compact kernel's Householder
-    underflow (see test_svdvals.py::test_compact_gram_float64_tiny_entries, xfail)."""
-    a = np.abs(stored64(x))
-    return bool(a.size and np.any((a > 0) & (a < ratio * a.max())))
 
 
 def assert_descending(s) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import rankscope as rs
 from rankscope import cli
 from rankscope._backend import cuda_available
@@ -28,7 +27,9 @@ def _strict_json(text: str):
 
 
 def _flagged_in_table(text: str) -> list[str]:
-    return [line.split()[0] for line in text.splitlines() if line.rstrip().endswith("RANK COLLAPSE")]
+    return [
+        line.split()[0] for line in text.splitlines() if line.rstrip().endswith("RANK COLLAPSE")
+    ]
 
 
 def test_scan_example_table(capsys):
@@ -49,17 +50,21 @@ def test_scan_example_json(capsys):
     assert [r["layer"] for r in rows if r["collapsed"]] == [PLANTED]
     by = {r["layer"]: r for r in rows}
     planted = by[PLANTED]
-    assert planted["matrix_rank"] == 6 and planted["rank_loss"] == 58 and planted["shape"] == "64x256"
+    assert (
+        planted["matrix_rank"] == 6 and planted["rank_loss"] == 58 and planted["shape"] == "64x256"
+    )
     for name, w in model.items():
         r = by[name]
         assert r["matrix_rank"] + r["rank_loss"] == min(w.shape)
-        assert r["sv_max"] == pytest.approx(float(np.linalg.norm(w.astype(np.float64), 2)), rel=1e-6)
+        assert r["sv_max"] == pytest.approx(
+            float(np.linalg.norm(w.astype(np.float64), 2)), rel=1e-6
+        )
         if name != PLANTED:
             assert r["rank_loss"] == 0 and r["log10_sv_min"] > -8
 
 
 def test_scan_collapse_threshold_flag(capsys):
-    """--collapse-log10 flags layers whose s_min/s_max is below the threshold even without rank loss."""
+    """--collapse-log10 flags layers whose s_min/s_max is below it, even without rank loss."""
     assert cli.main(["scan", "--example", "--json", "--collapse-log10", "1"]) == 0
     rows = _strict_json(capsys.readouterr().out)
     assert all(r["collapsed"] for r in rows)  # log10(s_min/s_max) <= 0 < 1 everywhere
@@ -99,16 +104,31 @@ def _console_script() -> str:
 def test_console_script_scan_and_info():
     exe = _console_script()
     env = dict(os.environ, RANKSCOPE_NUM_THREADS="1")
-    r = subprocess.run([exe, "scan", "--example"], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [exe, "scan", "--example"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert _flagged_in_table(r.stdout) == [PLANTED]
-    r = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=60, env=env)
+    r = subprocess.run(
+        [exe, "info"], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
     assert r.returncode == 0, r.stderr
     info = _strict_json(r.stdout)
     assert set(info) == INFO_KEYS and info["num_threads"] == 1
-    r = subprocess.run([exe, "scan"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([exe, "scan"], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "--example" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "rankscope.cli", "info"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "rankscope.cli", "info"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0 and set(_strict_json(r.stdout)) == INFO_KEYS
 
 

@@ -6,20 +6,32 @@ import math
 
 import numpy as np
 import pytest
-
 import rankscope as rs
-from rankscope import metrics
 from conftest import EPS, EPS64, as_numpy, engineered, to_framework, torch
+from rankscope import metrics
 
 NAMES = (
-    "matrix_rank", "rank_loss", "weak_rank_loss", "sv_min", "sv_max", "log10_sv_min", "condition_number",
-    "effective_rank", "rankme", "stable_rank", "participation_ratio", "nuclear_ratio", "energy_rank", "tol",
+    "matrix_rank",
+    "rank_loss",
+    "weak_rank_loss",
+    "sv_min",
+    "sv_max",
+    "log10_sv_min",
+    "condition_number",
+    "effective_rank",
+    "rankme",
+    "stable_rank",
+    "participation_ratio",
+    "nuclear_ratio",
+    "energy_rank",
+    "tol",
 )
 COUNTS = {"matrix_rank", "rank_loss", "weak_rank_loss", "energy_rank"}
 W = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
 
 
-# ---- the reference: METRICS.md formulas, written out in numpy float64 ------------------------------
+# ---- the reference: METRICS.md formulas, written out in numpy float64 ----------------------------
+
 
 def ref_tol(s1: float, m: int, n: int, dtype: str, policy="auto", atol=None, rtol=None) -> float:
     if atol is not None or rtol is not None:  # torch.linalg.matrix_rank: a missing one is 0
@@ -41,28 +53,52 @@ def _entropy(p):
     return -np.sum(p * np.log(p))
 
 
-def ref_report(s, m=None, n=None, dtype="float64", policy="auto", atol=None, rtol=None, tau=0.99, eps=1e-7,
-               on="s", threshold=1e-6) -> dict:
+def ref_report(
+    s,
+    m=None,
+    n=None,
+    dtype="float64",
+    policy="auto",
+    atol=None,
+    rtol=None,
+    tau=0.99,
+    eps=1e-7,
+    on="s",
+    threshold=1e-6,
+) -> dict:
     s = np.sort(np.asarray(s, dtype=np.float64))[::-1]
     k = s.size
     if k and not np.all(np.isfinite(s)):
         return {name: (-1 if name in COUNTS else np.nan) for name in NAMES}
     if k == 0:
         out = {name: 0 for name in NAMES}
-        out.update(sv_min=np.nan, sv_max=np.nan, log10_sv_min=np.nan, condition_number=np.nan, tol=0.0)
+        out.update(
+            sv_min=np.nan, sv_max=np.nan, log10_sv_min=np.nan, condition_number=np.nan, tol=0.0
+        )
         return out
     s1, sk = s[0], s[-1]
     tol = ref_tol(s1, m, n, dtype, policy, atol, rtol)
     rank = int(np.sum(s > tol))
     l = s**2
-    out = dict(
-        matrix_rank=rank, rank_loss=k - rank, weak_rank_loss=int(np.sum(l < threshold)), sv_min=sk, sv_max=s1,
-        log10_sv_min=np.log10(sk) if sk > 0 else -np.inf, condition_number=s1 / sk if sk > 0 else np.inf,
-        tol=tol,
-    )
+    out = {
+        "matrix_rank": rank,
+        "rank_loss": k - rank,
+        "weak_rank_loss": int(np.sum(l < threshold)),
+        "sv_min": sk,
+        "sv_max": s1,
+        "log10_sv_min": np.log10(sk) if sk > 0 else -np.inf,
+        "condition_number": s1 / sk if sk > 0 else np.inf,
+        "tol": tol,
+    }
     if s1 == 0:  # zero matrix: every rank-type metric is 0
-        out.update(effective_rank=0.0, rankme=0.0, stable_rank=0.0, participation_ratio=0.0, nuclear_ratio=0.0,
-                   energy_rank=0)
+        out.update(
+            effective_rank=0.0,
+            rankme=0.0,
+            stable_rank=0.0,
+            participation_ratio=0.0,
+            nuclear_ratio=0.0,
+            energy_rank=0,
+        )
         return out
     p = s / s.sum() if on == "s" else l / l.sum()
     pm = s / np.sum(np.abs(s)) + eps
@@ -84,8 +120,9 @@ def assert_report_matches(got: dict, ref: dict, rtol=1e-12, msg=""):
         if name in COUNTS:
             assert int(g) == r, f"{name}: {g} != {r} {msg}"
         else:
-            assert np.isclose(float(g), float(r), rtol=rtol, atol=0, equal_nan=True) or float(g) == float(r), (
-                f"{name}: {g!r} != {r!r} {msg}")
+            assert np.isclose(float(g), float(r), rtol=rtol, atol=0, equal_nan=True) or float(
+                g
+            ) == float(r), f"{name}: {g!r} != {r!r} {msg}"
 
 
 def _ri(x):
@@ -93,7 +130,8 @@ def _ri(x):
     return np.asarray(x).item()
 
 
-# ---- closed forms ---------------------------------------------------------------------------------
+# ---- closed forms --------------------------------------------------------------------------------
+
 
 def test_worked_example_W():
     """METRICS.md §2: W = [[3,0],[0,1],[0,0]], s = (3, 1)."""
@@ -136,7 +174,8 @@ def test_uniform_spectrum_closed_forms():
         assert _ri(metrics.energy_rank(s, tau=1.0)) == k
 
 
-# ---- against the numpy reference ------------------------------------------------------------------
+# ---- against the numpy reference -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("k", [1, 2, 3, 10, 97])
 @pytest.mark.parametrize("kind", ["uniform", "logspace", "rank_deficient", "repeated"])
@@ -154,9 +193,15 @@ def test_report_against_reference(rng, k, kind, dtype, policy):
     m, n = k + int(rng.integers(0, 50)), k
     if rng.random() < 0.5:
         m, n = n, m
-    tau, eps, thr = float(rng.uniform(0.05, 1.0)), float(rng.choice([0.0, 1e-7, 1e-3])), float(rng.choice([1e-6, 0.5]))
+    tau, eps, thr = (
+        float(rng.uniform(0.05, 1.0)),
+        float(rng.choice([0.0, 1e-7, 1e-3])),
+        float(rng.choice([1e-6, 0.5])),
+    )
     for on in ("s", "s2"):
-        got = metrics.report(s, shape=(m, n), dtype=dtype, policy=policy, tau=tau, eps=eps, on=on, threshold=thr)
+        got = metrics.report(
+            s, shape=(m, n), dtype=dtype, policy=policy, tau=tau, eps=eps, on=on, threshold=thr
+        )
         ref = ref_report(s, m, n, dtype, policy, tau=tau, eps=eps, on=on, threshold=thr)
         assert_report_matches(got, ref, msg=f"s={s!r} tau={tau} eps={eps} on={on}")
 
@@ -173,7 +218,8 @@ def test_report_batched_rows_independent(rng):
         assert_report_matches({k: v[i] for k, v in got.items()}, ref, msg=str(i))
 
 
-# ---- conventions: zero, empty, NaN ----------------------------------------------------------------
+# ---- conventions: zero, empty, NaN ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (70, 66), (130, 140)])
 @pytest.mark.parametrize("method", ["auto", "exact", "gram"])
@@ -181,8 +227,18 @@ def test_zero_matrix(framework, shape, method):
     x = to_framework(np.zeros((2, *shape)), framework, "float32")
     r = rs.spectrum_report(x, method=method)
     k = min(shape)
-    for name in ("matrix_rank", "effective_rank", "rankme", "stable_rank", "participation_ratio", "nuclear_ratio",
-                 "energy_rank", "sv_min", "sv_max", "tol"):
+    for name in (
+        "matrix_rank",
+        "effective_rank",
+        "rankme",
+        "stable_rank",
+        "participation_ratio",
+        "nuclear_ratio",
+        "energy_rank",
+        "sv_min",
+        "sv_max",
+        "tol",
+    ):
         assert np.all(as_numpy(r[name]) == 0), name
     assert np.all(as_numpy(r["rank_loss"]) == k)
     assert np.all(as_numpy(r["weak_rank_loss"]) == k)
@@ -240,7 +296,8 @@ def test_negative_singular_values_rejected():
         metrics.stable_rank(np.array([1.0, -0.5]))
 
 
-# ---- rank policies --------------------------------------------------------------------------------
+# ---- rank policies -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("policy", ["auto", "numpy", "data", "nr", "ww"])
@@ -263,16 +320,28 @@ def test_policy_tolerances_and_strictness(dtype, policy, shape):
 def test_auto_policy_by_stored_dtype():
     s = np.array([1.0, 0.5])
     expect = {
-        "float16": 2**-10, "bfloat16": 2**-7,  # "data": eps alone
-        "float32": 300 * EPS["float32"], "float64": 300 * EPS64,  # "numpy": max(m, n)·eps
+        "float16": 2**-10,
+        "bfloat16": 2**-7,  # "data": eps alone
+        "float32": 300 * EPS["float32"],
+        "float64": 300 * EPS64,  # "numpy": max(m, n)·eps
     }
     for dt, tol in expect.items():
-        assert _ri(metrics.report(s, shape=(20, 300), dtype=dt)["tol"]) == pytest.approx(tol, rel=1e-15)
-        assert _ri(metrics.report(s.astype(np.float32), shape=(20, 300), dtype=dt)["tol"]) == pytest.approx(tol, rel=1e-15)
+        assert _ri(metrics.report(s, shape=(20, 300), dtype=dt)["tol"]) == pytest.approx(
+            tol, rel=1e-15
+        )
+        assert _ri(
+            metrics.report(s.astype(np.float32), shape=(20, 300), dtype=dt)["tol"]
+        ) == pytest.approx(tol, rel=1e-15)
     # default stored dtype: that of s
-    assert _ri(metrics.report(s.astype(np.float16), shape=(20, 300))["tol"]) == pytest.approx(2**-10, rel=1e-15)
-    assert _ri(metrics.report(torch.tensor(s).bfloat16(), shape=(20, 300))["tol"]) == pytest.approx(2**-7, rel=1e-15)
-    assert _ri(metrics.report(s.astype(np.float32), shape=(20, 300))["tol"]) == pytest.approx(300 * EPS["float32"], rel=1e-15)
+    assert _ri(metrics.report(s.astype(np.float16), shape=(20, 300))["tol"]) == pytest.approx(
+        2**-10, rel=1e-15
+    )
+    assert _ri(metrics.report(torch.tensor(s).bfloat16(), shape=(20, 300))["tol"]) == pytest.approx(
+        2**-7, rel=1e-15
+    )
+    assert _ri(metrics.report(s.astype(np.float32), shape=(20, 300))["tol"]) == pytest.approx(
+        300 * EPS["float32"], rel=1e-15
+    )
 
 
 def _low_rank(rng, m, n, r, dtype, framework="torch"):
@@ -297,7 +366,8 @@ def test_narrow_dtype_rules(rng, dtype, wide):
 @pytest.mark.parametrize("dtype,shape", [("float16", (8, 300)), ("bfloat16", (8, 130))])
 def test_upcast_narrow_data_hides_rank_loss(rng, dtype, shape):
     """Upcasting narrow data and applying float32's eps counts its rounding noise as rank (measured:
-    the largest noise value is > 2.5× (float16) and > 30× (bfloat16) float32's numpy tolerance here),
+    the largest noise value is > 2.5× (float16) and > 30× (bfloat16) float32's numpy tolerance
+    here),
     so a genuinely rank-3 layer shows no or little rank loss; the stored dtype's eps does not."""
     x = _low_rank(rng, *shape, 3, dtype)
     assert _ri(rs.matrix_rank(x)) == 3
@@ -313,7 +383,9 @@ def test_ww_policy_uses_float64_eps(rng):
     assert _ri(rs.matrix_rank(x, policy="ww", method="exact")) == 40
     s = rs.svdvals(x, method="exact", dtype="float64")
     assert _ri(metrics.matrix_rank(s, shape=x.shape, policy="ww")) == 40
-    assert _ri(metrics.report(s, shape=x.shape, policy="ww")["tol"]) == pytest.approx(60 * EPS64 * s[0], rel=1e-15)
+    assert _ri(metrics.report(s, shape=x.shape, policy="ww")["tol"]) == pytest.approx(
+        60 * EPS64 * s[0], rel=1e-15
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -326,7 +398,9 @@ def test_matrix_rank_equals_numpy_with_clear_gap(rng, framework, dtype, shape):
     mats, ranks = [], []
     for _ in range(int(np.prod(batch, dtype=int))):
         r = int(rng.integers(0, k + 1))
-        s = np.concatenate([np.linspace(1.0, 0.1, r), np.zeros(k - r)]) * float(rng.uniform(0.1, 100))
+        s = np.concatenate([np.linspace(1.0, 0.1, r), np.zeros(k - r)]) * float(
+            rng.uniform(0.1, 100)
+        )
         mats.append(engineered(rng, m, n, s))
         ranks.append(r)
     a = np.stack(mats).reshape(*batch, m, n).astype(dtype)
@@ -350,8 +424,14 @@ def test_atol_rtol_equal_torch(rng, shape):
         mid = np.sqrt(s[:, i] * s[:, i + 1])  # per matrix; choose one and apply to all
         atol = float(mid[0])
         rtol = float(mid[1] / s[1, 0])
-        for kw in ({"atol": atol}, {"rtol": rtol}, {"atol": atol, "rtol": rtol}, {"atol": 0.0, "rtol": rtol},
-                   {"atol": atol, "rtol": 0.0}, {}):
+        for kw in (
+            {"atol": atol},
+            {"rtol": rtol},
+            {"atol": atol, "rtol": rtol},
+            {"atol": 0.0, "rtol": rtol},
+            {"atol": atol, "rtol": 0.0},
+            {},
+        ):
             got = rs.matrix_rank(t, **kw)
             ref = torch.linalg.matrix_rank(t, **kw)
             assert torch.equal(got, ref), (kw, got, ref)
@@ -385,7 +465,8 @@ def test_policy_argument_errors():
             metrics.rank_loss(s, rtol=bad)
 
 
-# ---- spectra given by the user --------------------------------------------------------------------
+# ---- spectra given by the user -------------------------------------------------------------------
+
 
 def test_shape_required():
     s = np.array([1.0, 0.5, 1e-20])
@@ -426,17 +507,25 @@ def test_ragged_spectra():
 @pytest.mark.parametrize("method", ["auto", "exact", "gram"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 def test_metrics_on_spectra_equal_matrix_versions(rng, method, dtype):
-    a = np.concatenate([rng.standard_normal((3, 12, 9)), engineered(rng, 12, 9, "rank_deficient")[None]])
+    a = np.concatenate(
+        [rng.standard_normal((3, 12, 9)), engineered(rng, 12, 9, "rank_deficient")[None]]
+    )
     x = to_framework(a, "torch", dtype)
     s = rs.svdvals(x, method=method, dtype="float64")
-    shape, kw = (12, 9), dict(method=method)
+    shape, kw = (12, 9), {"method": method}
     checks = {
         "matrix_rank": ({}, {"shape": shape, "dtype": x.dtype}),
         "rank_loss": ({"policy": "nr"}, {"shape": shape, "dtype": x.dtype, "policy": "nr"}),
         "weak_rank_loss": ({"threshold": 0.3}, {"threshold": 0.3}),
-        "sv_min": ({}, {}), "sv_max": ({}, {}), "log10_sv_min": ({}, {}), "condition_number": ({}, {}),
-        "effective_rank": ({"on": "s2"}, {"on": "s2"}), "rankme": ({"eps": 1e-3}, {"eps": 1e-3}),
-        "stable_rank": ({}, {}), "nuclear_ratio": ({}, {}), "energy_rank": ({"tau": 0.7}, {"tau": 0.7}),
+        "sv_min": ({}, {}),
+        "sv_max": ({}, {}),
+        "log10_sv_min": ({}, {}),
+        "condition_number": ({}, {}),
+        "effective_rank": ({"on": "s2"}, {"on": "s2"}),
+        "rankme": ({"eps": 1e-3}, {"eps": 1e-3}),
+        "stable_rank": ({}, {}),
+        "nuclear_ratio": ({}, {}),
+        "energy_rank": ({"tau": 0.7}, {"tau": 0.7}),
     }
     for name, (mkw, skw) in checks.items():
         from_x = getattr(rs, name)(x, **kw, **mkw)
@@ -488,16 +577,28 @@ def test_report_keys():
 
 @pytest.mark.parametrize("framework", ["numpy", "torch"])
 def test_spectrum_report_consistent_with_single_functions(rng, framework):
-    x = to_framework(np.concatenate([rng.standard_normal((3, 30, 20)), engineered(rng, 30, 20, "logspace")[None]]),
-                     framework, "float32")
-    kw = dict(tau=0.8, eps=1e-5, on="s2", threshold=0.05)
+    x = to_framework(
+        np.concatenate(
+            [rng.standard_normal((3, 30, 20)), engineered(rng, 30, 20, "logspace")[None]]
+        ),
+        framework,
+        "float32",
+    )
+    kw = {"tau": 0.8, "eps": 1e-5, "on": "s2", "threshold": 0.05}
     r = rs.spectrum_report(x, **kw)
     single = {
-        "matrix_rank": rs.matrix_rank(x), "rank_loss": rs.rank_loss(x),
-        "weak_rank_loss": rs.weak_rank_loss(x, threshold=0.05), "sv_min": rs.sv_min(x), "sv_max": rs.sv_max(x),
-        "log10_sv_min": rs.log10_sv_min(x), "condition_number": rs.condition_number(x),
-        "effective_rank": rs.effective_rank(x, on="s2"), "rankme": rs.rankme(x, eps=1e-5),
-        "stable_rank": rs.stable_rank(x), "nuclear_ratio": rs.nuclear_ratio(x), "energy_rank": rs.energy_rank(x, tau=0.8),
+        "matrix_rank": rs.matrix_rank(x),
+        "rank_loss": rs.rank_loss(x),
+        "weak_rank_loss": rs.weak_rank_loss(x, threshold=0.05),
+        "sv_min": rs.sv_min(x),
+        "sv_max": rs.sv_max(x),
+        "log10_sv_min": rs.log10_sv_min(x),
+        "condition_number": rs.condition_number(x),
+        "effective_rank": rs.effective_rank(x, on="s2"),
+        "rankme": rs.rankme(x, eps=1e-5),
+        "stable_rank": rs.stable_rank(x),
+        "nuclear_ratio": rs.nuclear_ratio(x),
+        "energy_rank": rs.energy_rank(x, tau=0.8),
     }
     for name, v in single.items():
         assert np.array_equal(as_numpy(r[name]), as_numpy(v)), name
@@ -511,7 +612,8 @@ def test_spectrum_report_consistent_with_single_functions(rng, framework):
     assert np.allclose(as_numpy(r["participation_ratio"]), pr, rtol=1e-9, atol=0)
 
 
-# ---- participation ratio --------------------------------------------------------------------------
+# ---- participation ratio -------------------------------------------------------------------------
+
 
 def ref_participation_ratio(a: np.ndarray, center: bool) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
@@ -527,11 +629,17 @@ def ref_participation_ratio(a: np.ndarray, center: bool) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(50, 7), (7, 50), (1, 5), (5, 1), (4, 30, 12), (2, 3, 9, 9)])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
 def test_participation_ratio_vs_eigvalsh(rng, center, shape, dtype):
-    base = rng.standard_normal(shape) * rng.uniform(0.1, 3, size=shape[-1]) + rng.standard_normal(shape[-1])
+    base = rng.standard_normal(shape) * rng.uniform(0.1, 3, size=shape[-1]) + rng.standard_normal(
+        shape[-1]
+    )
     x = to_framework(base, "torch", dtype)
     ref = ref_participation_ratio(x.double().numpy(), center)
     got = rs.participation_ratio(x, center=center)
-    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64 and tuple(got.shape) == shape[:-2]
+    assert (
+        isinstance(got, torch.Tensor)
+        and got.dtype == torch.float64
+        and tuple(got.shape) == shape[:-2]
+    )
     assert np.allclose(got.numpy(), ref, rtol=1e-9, atol=1e-12)
     if dtype != "bfloat16":
         got_np = rs.participation_ratio(x.numpy(), center=center)
@@ -555,7 +663,8 @@ def test_participation_ratio_constant_rows_and_ragged(rng):
         assert g == pytest.approx(float(ref_participation_ratio(a, True)), rel=1e-10)
 
 
-# ---- parameters -----------------------------------------------------------------------------------
+# ---- parameters ----------------------------------------------------------------------------------
+
 
 def test_energy_rank_tau():
     s = np.array([3.0, 1.0, 0.0, 0.0])
@@ -571,7 +680,9 @@ def test_energy_rank_tau():
 def test_rankme_eps():
     s = np.array([3.0, 1.0, 0.0])
     # eps = 0: rankme is the effective rank (0 ln 0 = 0 for the zero value)
-    assert _ri(metrics.rankme(s, eps=0.0)) == pytest.approx(_ri(metrics.effective_rank(s)), rel=1e-15)
+    assert _ri(metrics.rankme(s, eps=0.0)) == pytest.approx(
+        _ri(metrics.effective_rank(s)), rel=1e-15
+    )
     big = _ri(metrics.rankme(s, eps=0.1))
     p = s / s.sum() + 0.1
     assert big == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-14)

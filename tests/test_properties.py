@@ -9,18 +9,31 @@ import os
 
 import numpy as np
 import pytest
+import rankscope as rs
+from conftest import (
+    EPS64,
+    as_numpy,
+    assert_sv_close,
+    route_of,
+    sv_tolerance,
+    torch,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-import rankscope as rs
 from rankscope import metrics
-from conftest import EPS64, as_numpy, assert_sv_close, has_tiny_entries, route_of, sv_tolerance, torch
 
 # RANKSCOPE_HYPOTHESIS_EXAMPLES=2000 for a deeper search than the default run's
-SETTINGS = settings(max_examples=int(os.environ.get("RANKSCOPE_HYPOTHESIS_EXAMPLES", "150")), deadline=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("RANKSCOPE_HYPOTHESIS_EXAMPLES", "150")),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 METHODS = ("auto", "exact", "gram")
 # bounded so that float16 neither overflows nor squares out of range; subnormals allowed
 BOUND = {"float16": 300.0, "float32": 1e6, "float64": 1e6}
@@ -35,21 +48,14 @@ def matrices(draw, max_side=12, batch=True, dtypes=("float16", "float32", "float
     b = draw(st.sampled_from([(), (1,), (3,), (2, 2)])) if batch else ()
     step_m, step_n = draw(st.sampled_from([1, 2, -1])), draw(st.sampled_from([1, 3, -2]))
     shape = (*b, m * abs(step_m), n * abs(step_n))
-    elements = st.floats(-BOUND[dtype], BOUND[dtype], width=int(dtype[-2:]), allow_nan=False, allow_infinity=False)
+    elements = st.floats(
+        -BOUND[dtype], BOUND[dtype], width=int(dtype[-2:]), allow_nan=False, allow_infinity=False
+    )
     base = draw(hnp.arrays(dtype, shape, elements=elements))
     view = base[..., ::step_m, ::step_n]
     if draw(st.booleans()):
         view = np.swapaxes(view, -1, -2)
     return view
-
-
-def _skip_known_kernel_bug(x, method):
-    """float64 + method='gram' with entries < 1e-100·max (compact-kernel Householder underflow) or
-    with every entry subnormal (gram_scale overflows to inf): known engine bugs, reported with xfail
-    reproducers in test_svdvals.py; kept out of the properties so that they test everything else."""
-    if x.dtype == np.float64 and method == "gram":
-        assume(not has_tiny_entries(x))
-        assume(not (x.size and 0 < np.abs(x).max() < np.finfo(np.float64).tiny))
 
 
 def _framework(x, use_torch):
@@ -59,7 +65,6 @@ def _framework(x, use_torch):
 @SETTINGS
 @given(x=matrices(), method=st.sampled_from(METHODS), use_torch=st.booleans())
 def test_svdvals_matches_numpy(x, method, use_torch):
-    _skip_known_kernel_bug(x, method)
     xx = _framework(x, use_torch)
     s = rs.svdvals(xx, method=method)
     assert tuple(s.shape) == (*x.shape[:-2], min(x.shape[-2:]))
@@ -73,7 +78,6 @@ def test_svdvals_matches_numpy(x, method, use_torch):
 @SETTINGS
 @given(x=matrices(), method=st.sampled_from(METHODS))
 def test_transpose_invariance(x, method):
-    _skip_known_kernel_bug(x, method)
     s = rs.svdvals(x, method=method, dtype="float64")
     st_ = rs.svdvals(np.swapaxes(x, -1, -2), method=method, dtype="float64")
     *_, m, n = x.shape
@@ -83,22 +87,30 @@ def test_transpose_invariance(x, method):
 
 
 @SETTINGS
-@given(x=matrices(dtypes=("float64",)), c=st.floats(-1e3, 1e3).filter(lambda v: abs(v) > 1e-3),
-       method=st.sampled_from(METHODS))
+@given(
+    x=matrices(dtypes=("float64",)),
+    c=st.floats(-1e3, 1e3).filter(lambda v: abs(v) > 1e-3),
+    method=st.sampled_from(METHODS),
+)
 def test_scaling(x, c, method):
     """s(c·A) = |c|·s(A): float64, any c (the rounding of c·A is within the route's tolerance)."""
-    _skip_known_kernel_bug(x, method)
     s = rs.svdvals(x, method=method)
     sc = rs.svdvals(c * x, method=method)
     *_, m, n = x.shape
     ref = np.abs(c) * s
-    tol = 2 * sv_tolerance(route_of("float64", m, n, method), m, n, ref, "float64") + 4 * EPS64 * ref
-    tol = tol + abs(c) * 8 * np.finfo(np.float64).smallest_subnormal  # s(A)'s subnormal steps, times |c|
+    tol = (
+        2 * sv_tolerance(route_of("float64", m, n, method), m, n, ref, "float64") + 4 * EPS64 * ref
+    )
+    tol = (
+        tol + abs(c) * 8 * np.finfo(np.float64).smallest_subnormal
+    )  # s(A)'s subnormal steps, times |c|
     assert np.all(np.abs(sc - ref) <= tol)
 
 
 @SETTINGS
-@given(x=matrices(dtypes=("float16", "float32")), e=st.integers(-4, 4), method=st.sampled_from(METHODS))
+@given(
+    x=matrices(dtypes=("float16", "float32")), e=st.integers(-4, 4), method=st.sampled_from(METHODS)
+)
 def test_power_of_two_scaling_narrow(x, e, method):
     """Scaling narrow data by 2**e is exact, so s(2**e·A) = 2**e·s(A) to the route's tolerance."""
     c = np.float64(2.0**e)
@@ -115,7 +127,6 @@ def test_power_of_two_scaling_narrow(x, e, method):
 @given(x=matrices(), method=st.sampled_from(METHODS))
 def test_frobenius_norm(x, method):
     """Σ s² = ‖A‖_F² (the trace of the Gram)."""
-    _skip_known_kernel_bug(x, method)
     s = rs.svdvals(x, method=method, dtype="float64")
     a = x.astype(np.float64)
     fro2 = np.sum(a * a, axis=(-2, -1))
@@ -126,10 +137,12 @@ def test_frobenius_norm(x, method):
 
 
 @SETTINGS
-@given(x=matrices(), method=st.sampled_from(METHODS),
-       policy=st.sampled_from(["auto", "numpy", "data", "nr", "ww"]))
+@given(
+    x=matrices(),
+    method=st.sampled_from(METHODS),
+    policy=st.sampled_from(["auto", "numpy", "data", "nr", "ww"]),
+)
 def test_rank_bounds(x, method, policy):
-    _skip_known_kernel_bug(x, method)
     r = np.asarray(rs.matrix_rank(x, method=method, policy=policy))
     loss = np.asarray(rs.rank_loss(x, method=method, policy=policy))
     *_, m, n = x.shape
@@ -139,14 +152,18 @@ def test_rank_bounds(x, method, policy):
     s = rs.svdvals(x, method=method, dtype="float64")
     rep = metrics.report(s, shape=(m, n), dtype=x.dtype, policy=policy)
     assert np.array_equal(np.asarray(rep["matrix_rank"]), r)
-    assert np.array_equal(np.asarray(rep["matrix_rank"]), np.sum(s > np.asarray(rep["tol"])[..., None], axis=-1))
+    assert np.array_equal(
+        np.asarray(rep["matrix_rank"]), np.sum(s > np.asarray(rep["tol"])[..., None], axis=-1)
+    )
 
 
 @SETTINGS
 @given(x=matrices(max_side=10), method=st.sampled_from(METHODS))
 def test_metric_bounds(x, method):
-    _skip_known_kernel_bug(x, method)
-    rep = {k: np.atleast_1d(np.asarray(v)).reshape(-1) for k, v in rs.spectrum_report(x, method=method).items()}
+    rep = {
+        k: np.atleast_1d(np.asarray(v)).reshape(-1)
+        for k, v in rs.spectrum_report(x, method=method).items()
+    }
     *_, m, n = x.shape
     k = min(m, n)
     if k == 0:
@@ -159,8 +176,15 @@ def test_metric_bounds(x, method):
         assert row["sv_min"] <= row["sv_max"]
         assert row["condition_number"] >= 1 or row["sv_max"] == 0
         if s[i, 0] == 0:
-            for name in ("effective_rank", "rankme", "stable_rank", "participation_ratio", "nuclear_ratio",
-                         "energy_rank", "matrix_rank"):
+            for name in (
+                "effective_rank",
+                "rankme",
+                "stable_rank",
+                "participation_ratio",
+                "nuclear_ratio",
+                "energy_rank",
+                "matrix_rank",
+            ):
                 assert row[name] == 0, name
             continue
         slack = 1e-9 * k
@@ -173,7 +197,9 @@ def test_metric_bounds(x, method):
         assert 1 <= row["energy_rank"] <= nonzero
         assert 1 <= row["matrix_rank"] <= k
         if row["sv_min"] > 0:
-            assert row["log10_sv_min"] == pytest.approx(np.log10(row["sv_min"]), rel=1e-15, abs=1e-15)
+            assert row["log10_sv_min"] == pytest.approx(
+                np.log10(row["sv_min"]), rel=1e-15, abs=1e-15
+            )
         else:
             assert row["log10_sv_min"] == -np.inf
 
@@ -181,11 +207,18 @@ def test_metric_bounds(x, method):
 @SETTINGS
 @given(data=st.data(), count=st.integers(0, 14))
 def test_ragged_list_equals_one_by_one(data, count):
-    shapes = data.draw(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=count, max_size=count))
+    shapes = data.draw(
+        st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=count, max_size=count)
+    )
     # repeat some shapes so that compact groups form
     shapes = shapes + shapes[: count // 2]
-    dtypes = data.draw(st.lists(st.sampled_from(["float16", "float32", "float64"]), min_size=len(shapes),
-                                max_size=len(shapes)))
+    dtypes = data.draw(
+        st.lists(
+            st.sampled_from(["float16", "float32", "float64"]),
+            min_size=len(shapes),
+            max_size=len(shapes),
+        )
+    )
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     mats = [rng.standard_normal(sh).astype(dt) for sh, dt in zip(shapes, dtypes)]
     method = data.draw(st.sampled_from(METHODS))
@@ -196,9 +229,14 @@ def test_ragged_list_equals_one_by_one(data, count):
 
 
 @SETTINGS
-@given(s=hnp.arrays(np.float64, st.tuples(st.integers(0, 3), st.integers(0, 12)),
-                    elements=st.floats(0, 1e6, allow_subnormal=True)),
-       perm_seed=st.integers(0, 2**32 - 1))
+@given(
+    s=hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(0, 3), st.integers(0, 12)),
+        elements=st.floats(0, 1e6, allow_subnormal=True),
+    ),
+    perm_seed=st.integers(0, 2**32 - 1),
+)
 def test_metrics_order_invariant(s, perm_seed):
     """metrics.* sort for themselves: any order of the values gives the same report."""
     rng = np.random.default_rng(perm_seed)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import rankscope as rs
 from conftest import (
     COMPACT_MAX_K,
@@ -20,7 +19,6 @@ from conftest import (
     assert_sv_close,
     engineered,
     prescribed,
-    ref_svdvals,
     route_of,
     stored64,
     to_framework,
@@ -30,7 +28,9 @@ from conftest import (
 METHODS = ("auto", "exact", "gram")
 # Smaller sides straddling every threshold: 1, 2, 3, the 32-wide edges of the compact kernels'
 # register blocks, compact_max_k ± 1 (compact-gram → gram) and an odd size.
-KS = sorted({1, 2, 3, 31, 32, 33, 63, 64, 65, 97, COMPACT_MAX_K - 1, COMPACT_MAX_K, COMPACT_MAX_K + 1})
+KS = sorted(
+    {1, 2, 3, 31, 32, 33, 63, 64, 65, 97, COMPACT_MAX_K - 1, COMPACT_MAX_K, COMPACT_MAX_K + 1}
+)
 
 
 def _shape(k: int, orient: str) -> tuple[int, int]:
@@ -40,7 +40,8 @@ def _shape(k: int, orient: str) -> tuple[int, int]:
     return (big, k) if orient == "tall" else (k, big)
 
 
-# ---- routes ---------------------------------------------------------------------------------------
+# ---- routes --------------------------------------------------------------------------------------
+
 
 def test_route_table():
     """Route invariants that do not depend on the (tuned) crossovers: float64 'auto' and every
@@ -49,7 +50,7 @@ def test_route_table():
     c = COMPACT_MAX_K
     for dt in ("float16", "bfloat16", "float32", "float64"):
         auto = "exact" if dt == "float64" else None
-        for m, n in ((1, 1), (3, 1000), (1000, 3), (33, 31), (c, c), (c + 1, c + 1), (2048, 2048)):
+        for m, n in ((1, 1), (3, 1000), (1000, 3), (33, 31), (c, c), (c + 1, c + 1), (4096, 4096)):
             assert route_of(dt, m, n, "exact") == "exact"
             r = route_of(dt, m, n, "gram")
             assert r in ("compact-gram", "gram", "gram-2stage")
@@ -58,7 +59,7 @@ def test_route_table():
                 assert r == "compact-gram"
             if min(m, n) > c:
                 assert r != "compact-gram"
-        assert route_of(dt, 2048, 2048, "gram") == "gram-2stage"
+        assert route_of(dt, 4096, 4096, "gram") == "gram-2stage"
     with pytest.raises(ValueError):
         route_of("float32", 3, 3, "fast")
 
@@ -84,7 +85,9 @@ def _route_boundaries(dtype="float32", method="gram"):
 BOUNDARIES = _route_boundaries()
 
 
-@pytest.mark.parametrize("shape", BOUNDARIES or [pytest.param((1, 1), marks=pytest.mark.skip("no boundary"))])
+@pytest.mark.parametrize(
+    "shape", BOUNDARIES or [pytest.param((1, 1), marks=pytest.mark.skip("no boundary"))]
+)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_both_sides_of_route_boundaries(rng, shape, dtype):
     """Shapes just below and above every crossover the engine has now (found by asking it)."""
@@ -117,7 +120,9 @@ def test_every_route_and_dtype(rng, framework, k, orient, dtype, method):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", SPECTRA)
-@pytest.mark.parametrize("shape", [(1, 1), (2, 2), (1000, 3), (3, 1000), (33, 31), (64, 64), (97, 70)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (2, 2), (1000, 3), (3, 1000), (33, 31), (64, 64), (97, 70)]
+)
 def test_engineered_spectra(rng, kind, shape, method):
     a = engineered(rng, *shape, kind)
     for dtype in ("float32", "float64"):
@@ -128,7 +133,14 @@ def test_engineered_spectra(rng, kind, shape, method):
 
 
 def test_gram_two_stage_route(rng):
-    n = next((k for k in (512, 520, 600, 1024, 1100) if route_of("float32", k, k + 3, "auto") == "gram-2stage"), None)
+    n = next(
+        (
+            k
+            for k in (512, 520, 600, 1024, 1100)
+            if route_of("float32", k, k + 3, "auto") == "gram-2stage"
+        ),
+        None,
+    )
     if n is None:
         pytest.skip("no gram-2stage route at k <= 1100 in this build")
     a = engineered(rng, n, n + 3, "logspace").astype(np.float32)
@@ -138,9 +150,12 @@ def test_gram_two_stage_route(rng):
     assert_sv_close(s, a)
 
 
-# ---- empty and degenerate -------------------------------------------------------------------------
+# ---- empty and degenerate ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (5, 0), (3, 0, 4), (2, 4, 0), (0, 4, 5), (0, 0, 0)])
+
+@pytest.mark.parametrize(
+    "shape", [(0, 0), (0, 5), (5, 0), (3, 0, 4), (2, 4, 0), (0, 4, 5), (0, 0, 0)]
+)
 @pytest.mark.parametrize("method", METHODS)
 def test_empty(framework, shape, method):
     x = to_framework(np.zeros(shape), framework, "float32")
@@ -154,7 +169,9 @@ def test_empty(framework, shape, method):
 def test_zero_and_one_by_one(framework, dtype, method):
     z = rs.svdvals(to_framework(np.zeros((4, 7, 5)), framework, dtype), method=method)
     assert np.array_equal(as_numpy(z), np.zeros((4, 5)))
-    one = rs.svdvals(to_framework(np.array([[[-3.0]], [[0.5]], [[0.0]]]), framework, dtype), method=method)
+    one = rs.svdvals(
+        to_framework(np.array([[[-3.0]], [[0.5]], [[0.0]]]), framework, dtype), method=method
+    )
     assert np.array_equal(as_numpy(one).astype(float), [[3.0], [0.5], [0.0]])
 
 
@@ -180,7 +197,8 @@ def test_float32_extreme_scales(rng):
     assert_sv_close(rs.svdvals(sub), sub)
 
 
-# ---- dtypes ---------------------------------------------------------------------------------------
+# ---- dtypes --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("framework,dtype", FW_DTYPES)
 def test_output_dtype_rules(rng, framework, dtype):
@@ -238,7 +256,8 @@ def test_big_endian_input(rng):
     assert np.array_equal(rs.svdvals(a.astype(">f4")), rs.svdvals(a.astype("<f4")))
 
 
-# ---- batches --------------------------------------------------------------------------------------
+# ---- batches -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("batch", [(0,), (1,), (5,), (2, 3), (3, 0), (2, 1, 3)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -267,7 +286,8 @@ def test_lane_independence(rng, method):
     assert np.array_equal(rs.svdvals(x[3:6], method=method), together[3:6])
 
 
-# ---- strides --------------------------------------------------------------------------------------
+# ---- strides -------------------------------------------------------------------------------------
+
 
 def _numpy_views(a):
     yield "transposed", np.swapaxes(a, -1, -2)
@@ -324,11 +344,16 @@ def test_stride_zero_broadcast(rng, method):
     assert sc[1:].max() <= 1e-7 * sc[0]
 
 
-# ---- ragged lists ---------------------------------------------------------------------------------
+# ---- ragged lists --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", METHODS)
 def test_ragged_list(rng, framework, method):
-    shapes = [(5, 7)] * 11 + [(7, 5)] * 3 + [(1, 1), (0, 3), (40, 3), (3, 40), (33, 33), (70, 65), (64, 100)]
+    shapes = (
+        [(5, 7)] * 11
+        + [(7, 5)] * 3
+        + [(1, 1), (0, 3), (40, 3), (3, 40), (33, 33), (70, 65), (64, 100)]
+    )
     order = rng.permutation(len(shapes))
     dtypes = ["float32", "float64", "float16"]
     mats = []
@@ -372,7 +397,8 @@ def test_ragged_dtype_override(rng):
     assert all(s.dtype == np.float32 for s in out32)
 
 
-# ---- nested lists ---------------------------------------------------------------------------------
+# ---- nested lists --------------------------------------------------------------------------------
+
 
 def test_nested_lists():
     s = rs.svdvals([[3, 0], [0, 1], [0, 0]])
@@ -386,7 +412,8 @@ def test_nested_lists():
     assert rs.svdvals([[1.5]]) == [1.5]
 
 
-# ---- contracts ------------------------------------------------------------------------------------
+# ---- contracts -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("framework,dtype", FW_DTYPES)
 @pytest.mark.parametrize("method", METHODS)
@@ -409,7 +436,9 @@ def test_auto_picks_exact_for_float64_and_gram_otherwise(rng):
     assert np.array_equal(rs.svdvals(f), rs.svdvals(f, method="gram"))
     # exact on float64 resolves values far below the Gram route's noise floor (1.5e-8 s₁)
     s = rs.svdvals(a)
-    assert np.all(np.abs(s - np.logspace(0, -12, 20)) <= 1e-4 * np.logspace(0, -12, 20) + 4 * 30 * EPS64)
+    assert np.all(
+        np.abs(s - np.logspace(0, -12, 20)) <= 1e-4 * np.logspace(0, -12, 20) + 4 * 30 * EPS64
+    )
 
 
 def test_deterministic(rng):
@@ -424,9 +453,10 @@ def test_deterministic(rng):
 @pytest.mark.parametrize("kind", ["logspace", "rank_deficient", "repeated", "clustered"])
 def test_float64_exact_reproduces_prescribed_values(rng, shape, kind):
     """Engineered spectra down to 1e-12: method='exact' is as close to the prescribed values as
-    numpy's own SVD of the same stored matrix (both dgesdd in float64; the stored matrix is the exact
-    one rounded, which perturbs each value by ~eps64·s₁: that is numpy's error, and so ours may be
-    at most 4× it, absolutely and relative to each value, plus 2 ulps of s₁ in case numpy is lucky)."""
+    numpy's own SVD of the same stored matrix (both dgesdd in float64; the stored matrix is the
+    exact one rounded, which perturbs each value by ~eps64·s₁: that is numpy's error, and so ours
+    may be at most 4× it, absolutely and relative to each value, plus 2 ulps of s₁ in case numpy is
+    lucky)."""
     m, n = shape
     k = min(m, n)
     s_true = prescribed(kind, k, rng)
@@ -456,7 +486,7 @@ def test_gram_floor_for_float64(rng):
     assert np.all(np.abs(s - s_true)[big] <= 1e-5 * s_true[big])
 
 
-# ---- instruction-set variants of the compact kernels ----------------------------------------------
+# ---- instruction-set variants of the compact kernels ---------------------------------------------
 
 _ISA_SCRIPT = """
 import sys, numpy as np, rankscope as rs
@@ -474,29 +504,53 @@ def test_compact_kernel_isa_variants(rng, tmp_path, isa):
     import subprocess
     import sys
 
-    shapes = [(1, 1), (2, 3), (7, 5), (31, 40), (32, 32), (33, 90), (64, 64), (97, 150), (COMPACT_MAX_K, COMPACT_MAX_K)]
+    shapes = [
+        (1, 1),
+        (2, 3),
+        (7, 5),
+        (31, 40),
+        (32, 32),
+        (33, 90),
+        (64, 64),
+        (97, 150),
+        (COMPACT_MAX_K, COMPACT_MAX_K),
+    ]
     shapes = [s for s in shapes if route_of("float32", *s, "gram") == "compact-gram"]
-    data = {f"{m}x{n}_{dt}": rng.standard_normal((11, m, n)).astype(dt) for m, n in shapes for dt in ("float32", "float64")}
+    data = {
+        f"{m}x{n}_{dt}": rng.standard_normal((11, m, n)).astype(dt)
+        for m, n in shapes
+        for dt in ("float32", "float64")
+    }
     data["zeros_and_nan_free"] = np.zeros((9, 6, 6))
     np.savez(tmp_path / "in.npz", **data)
-    env = dict(os.environ, RANKSCOPE_ISA=isa)
-    subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                   env=env, check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "RANKSCOPE_ISA"}
+    best = subprocess.run(
+        [sys.executable, "-c", "import rankscope as rs; print(rs.build_info()['cpu_isa'])"],
+        env=env,
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    env["RANKSCOPE_ISA"] = isa
+    subprocess.run(
+        [sys.executable, "-c", _ISA_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        env=env,
+        check=True,
+        timeout=120,
+    )
     out = np.load(tmp_path / "out.npz")
     ranking = ["generic", "avx2", "avx512"]
-    best = rs.build_info()["cpu_isa"]
     expect = isa if ranking.index(isa) <= ranking.index(best) else best
     assert str(out["isa"]) == expect
     for key, x in data.items():
         assert_sv_close(out[key], x, "gram", msg=f"{key} with RANKSCOPE_ISA={isa}")
 
 
-@pytest.mark.xfail(strict=True, reason="compact-kernel Householder (cpp/kernels/compact_impl.inl householder()) "
-                   "squares the column without LAPACK dlarfg's safmin rescaling: when the sum of squares is "
-                   "subnormal, beta loses precision and the reflector is not orthogonal (float64 + gram only)")
 def test_compact_gram_float64_tiny_entries():
-    """Reproducer: a rank-2 matrix with entries 1, 43 and t. For t ≈ 1e-158 the compact route returns
-    s₁ = 47.23 instead of 43 (10 % off); 1e-156: 5e-6 relative; the LAPACK Gram route is exact."""
+    """A rank-2 matrix with entries 1, 43 and t: Gram entries whose squares are subnormal once
+    broke the compact kernel's Householder norms (s₁ = 47.23 instead of 43 at t = 1e-158); the
+    engine now flushes Gram entries below 2^-500 of a unit-scaled matrix."""
     for t in (1e-152, 1e-154, 1e-156, 1e-158):
         a = np.zeros((12, 12))
         a[4, 4], a[8, 5], a[4, 8] = 1.0, 43.0, t
@@ -505,11 +559,13 @@ def test_compact_gram_float64_tiny_entries():
         assert_sv_close(s, a, "gram", msg=f"t = {t}")
 
 
-@pytest.mark.xfail(strict=True, reason="engine.cpp gram_scale(): for float64 data whose largest |entry| is "
-                   "subnormal, ldexp(1, -e) overflows to inf, so the Gram routes return NaN (status ok, no error)")
-@pytest.mark.parametrize("a", [np.full((1, 1), 1e-310), np.full((2, 2), 1e-310), np.array([[2e-310, 1e-310], [0.0, 1e-310]])],
-                         ids=["1x1", "2x2", "2x2-mixed"])
+@pytest.mark.parametrize(
+    "a",
+    [np.full((1, 1), 1e-310), np.full((2, 2), 1e-310), np.array([[2e-310, 1e-310], [0.0, 1e-310]])],
+    ids=["1x1", "2x2", "2x2-mixed"],
+)
 def test_gram_float64_all_subnormal(a):
+    """float64 data whose largest entry is subnormal: the power-of-two scale must not overflow."""
     s = rs.svdvals(a, method="gram")
     assert np.all(np.isfinite(s)), s
     assert_sv_close(s, a, "gram")

@@ -10,10 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 import rankscope as rs
-from rankscope import _core
 from conftest import assert_sv_close, sv_tolerance, torch
+from rankscope import _core
 
 
 @pytest.fixture
@@ -44,12 +43,19 @@ def test_set_get(restore_threads):
 def test_environment_default():
     code = "import rankscope as rs; print(rs.get_num_threads(), rs.build_info()['num_threads'])"
     env = dict(os.environ, RANKSCOPE_NUM_THREADS="3")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert out.stdout.split() == ["3", "3"]
 
 
 def _workload(rng):
-    """A mix touching every route: compact groups (full and partial), gram, exact, and one big matrix."""
+    """A mix of every route: compact groups (full and partial), gram, exact, one big matrix."""
     return {
         "compact32": rng.standard_normal((21, 12, 9)).astype(np.float32),
         "compact64": rng.standard_normal((10, 40, 33)),
@@ -57,7 +63,10 @@ def _workload(rng):
         "exact": rng.standard_normal((5, 30, 25)),
         "one_big": rng.standard_normal((300, 260)).astype(np.float32),
         "one_big_exact": rng.standard_normal((200, 180)),
-        "ragged": [rng.standard_normal(s).astype(np.float32) for s in [(5, 4)] * 9 + [(140, 139), (3, 50), (70, 70)]],
+        "ragged": [
+            rng.standard_normal(s).astype(np.float32)
+            for s in [(5, 4)] * 9 + [(140, 139), (3, 50), (70, 70)]
+        ],
     }
 
 

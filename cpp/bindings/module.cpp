@@ -251,6 +251,11 @@ PYBIND11_MODULE(_core, m) {
     return std::string(route_name(t, mm, n, parse_method(method)));
   }, py::arg("dtype"), py::arg("m"), py::arg("n"), py::arg("method") = "auto",
         "The route svdvals takes for one matrix of this dtype and shape.");
+  m.def("describe", [](py::handle x) {
+    ImportedArray a = import_array(x, "x", false);
+    const char* dev = a.view.device == DeviceType::CPU ? "cpu" : a.view.device == DeviceType::CUDA ? "cuda" : "other";
+    return py::make_tuple(py::tuple(py::cast(a.view.shape)), dtype_name(a.view.dtype), dev);
+  }, py::arg("x"), "(shape, dtype name, device kind) of an array as the core imports it.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &num_threads);
   m.def("available_cpus", &available_cpus);

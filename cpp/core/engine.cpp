@@ -28,6 +28,9 @@ bool compact_fits(int64_t k, int64_t L) { return k <= 96 || (k <= kCompactMaxK &
 // and dsyevd_2stage beats dsyevd from this size on (single-threaded, n = 1024: 64 vs 73 ms;
 // n = 2048: 0.49 vs 1.0 s; n = 512: 13 vs 9.3 ms).
 constexpr int64_t kTwoStageMinK = 1024;
+// Largest panel of a matrix copied to float64 at once on the LAPACK Gram route (32 MB; a panel is
+// at least k rows, so that dsyrk stays Level-3 efficient).
+constexpr int64_t kGramPanelDoubles = int64_t(1) << 22;
 // Workspaces above this many doubles (32 MB) are returned after each matrix, not kept per thread.
 constexpr size_t kKeepWorkspace = size_t(1) << 22;
 // Bytes of interleaved columns loaded per pass of the compact Gram: a panel that stays in L2
@@ -123,7 +126,8 @@ double gram_scale(const MatrixRef& x) {
   if (!(mx > 0.0) || !std::isfinite(mx)) return 1.0;
   int e;
   std::frexp(mx, &e);
-  return std::ldexp(1.0, -e);
+  // 2^-e overflows for subnormal data (e < -1023); 2^1000 already lifts it far from underflow.
+  return std::ldexp(1.0, -std::max(e, -1000));
 }
 
 void write_values(const VectorOut& out, const double* s, int64_t k) {
@@ -175,16 +179,22 @@ int8_t run_exact(const MatrixRef& a, const VectorOut& out) {
 
 int8_t run_gram(const MatrixRef& a, const VectorOut& out, bool two_stage) {
   const MatrixRef x = small_side_view(a);
-  const int k = lapack::checked_int(x.m, "min(m, n)"), L = lapack::checked_int(x.n, "max(m, n)");
+  const int k = lapack::checked_int(x.m, "min(m, n)");
+  lapack::checked_int(x.n, "max(m, n)");
   const double scale = gram_scale(x);
-  // B (L × k, column-major) = Xᵀ, so that G = Bᵀ B.
-  double* b = tls.a.get(static_cast<size_t>(k) * L);
-  if (!pack_any(x, 0, L, b, L, 1, scale)) {
-    write_nan(out, k);
-    return kNonFinite;
-  }
+  // G = Σ over panels of Bᵀ B, B (rows × k, column-major) = a panel of Xᵀ: the float64 copy is one
+  // panel, not the whole matrix.
+  const int64_t rows = std::min<int64_t>(x.n, std::max<int64_t>(k, kGramPanelDoubles / k));
+  double* b = tls.a.get(static_cast<size_t>(rows) * k);
   double* g = tls.g.get(static_cast<size_t>(k) * k);
-  lapack::syrk_lower_ata(k, L, b, L, g, k);
+  for (int64_t c0 = 0; c0 < x.n; c0 += rows) {
+    const int r = static_cast<int>(std::min(rows, x.n - c0));
+    if (!pack_any(x, c0, r, b, r, 1, scale)) {
+      write_nan(out, k);
+      return kNonFinite;
+    }
+    lapack::syrk_lower_ata(k, r, b, r, g, k, c0 > 0);
+  }
   double* w = tls.d.get(k);
   if (lapack::syevd_values(k, g, k, w, two_stage) != 0) return run_exact(a, out);
   eig_to_sv(w, k, scale);
@@ -217,6 +227,9 @@ void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, i
       finite[l] = pack_any(x[l], c0, r, xc + l, W, k * W, scale[l]) && finite[l];
     compact::gram_accumulate(xc, static_cast<int>(k), static_cast<int>(r), g);
   }
+  // Entries below 2^-500 are ~1e-134 of a unit-scaled Gram's norm: zero them, so that no Householder
+  // norm in the kernel squares them into the subnormal range (the kernel does not rescale as dlarfg does).
+  for (int64_t i = 0; i < k * k * W; ++i) g[i] = std::fabs(g[i]) < 0x1p-500 ? 0.0 : g[i];
   compact::tridiagonalize(g, static_cast<int>(k), d, e);
   const unsigned failed = compact::tridiag_eigvals(d, e, static_cast<int>(k));
   double* w = e;  // e is spent: per-lane scratch

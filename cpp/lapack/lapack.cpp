@@ -52,9 +52,9 @@ void check_args(int info, const char* routine) {
 }
 }  // namespace
 
-void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc) {
-  const double one = 1.0, zero = 0.0;
-  scipy_dsyrk_("L", "T", &n, &k, &one, a, &lda, &zero, c, &ldc, 1, 1);
+void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc, bool accumulate) {
+  const double one = 1.0, beta = accumulate ? 1.0 : 0.0;
+  scipy_dsyrk_("L", "T", &n, &k, &one, a, &lda, &beta, c, &ldc, 1, 1);
 }
 
 int syevd_values(int n, double* a, int lda, double* w, bool two_stage) {

@@ -43,10 +43,11 @@ class Prepared:
     data: Any
     kind: str  # "numpy", "torch" or "list" (nested Python lists: results come back as lists)
     dtype: str  # the dtype the data was stored in: float16, bfloat16, float32 or float64
+    dlpack_shape: tuple | None = None  # for objects the core reads through DLPack only
 
     @property
     def shape(self) -> tuple:
-        return tuple(self.data.shape)
+        return self.dlpack_shape if self.dlpack_shape is not None else tuple(self.data.shape)
 
     @property
     def eps(self) -> float:
@@ -84,6 +85,19 @@ def _prepare_torch(t: Any, what: str) -> Prepared:
     return Prepared(t, "torch", str(t.dtype).removeprefix("torch."))
 
 
+def _prepare_dlpack_only(x: Any, what: str, numpy_error: Exception) -> Prepared:
+    """Objects numpy cannot view (bfloat16, e.g. from JAX): the core reads them through DLPack itself."""
+    from ._backend import _core
+
+    try:
+        shape, dtype, device = _core.describe(x)
+    except (TypeError, ValueError, BufferError) as e:
+        raise TypeError(f"{what}: cannot read {type(x).__name__} through DLPack ({e}; numpy: {numpy_error})") from None
+    if device != "cpu":
+        raise ValueError(f"{what} is not in host memory; this rankscope install reads host arrays only")
+    return Prepared(x, "numpy", dtype, dlpack_shape=tuple(shape))
+
+
 def prepare(x: Any, what: str = "x") -> Prepared:
     """Validates one array-like input without copying floating host data."""
     if isinstance(x, np.ndarray):
@@ -100,7 +114,7 @@ def prepare(x: Any, what: str = "x") -> Prepared:
         try:
             a = np.from_dlpack(x)
         except (TypeError, BufferError, RuntimeError, ValueError) as e:
-            raise TypeError(f"{what}: cannot read {type(x).__name__} through DLPack on the host ({e})") from None
+            return _prepare_dlpack_only(x, what, e)
         return _prepare_numpy(a, what, "numpy")
     try:
         a = np.asarray(x)

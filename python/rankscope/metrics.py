@@ -155,6 +155,8 @@ def evaluate(
 def _host_values(p: Prepared, what: str) -> np.ndarray:
     """A float32/float64 numpy view (or small copy for float16/bfloat16) of singular values."""
     data = p.data
+    if p.dlpack_shape is not None:
+        raise TypeError(f"{what}: {p.dtype} singular values from a DLPack-only object; convert them to float32")
     if p.kind == "torch":
         if p.dtype in ("float16", "bfloat16"):
             data = data.float()
