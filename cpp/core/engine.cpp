@@ -19,12 +19,15 @@ namespace {
 
 enum class Route : uint8_t { CompactGram, Gram, Gram2Stage, Exact };
 
-// Crossovers measured on the development machine (Sapphire Rapids, one core; µs per 8 matrices,
-// Gram + tridiagonalisation, compact kernel vs dsyrk + dsytrd): k = L = 64: 100 vs 411; k = 96,
-// L = 384: 1010 vs 1520; k = 128: 912 vs 2067 at L = 128 but 3867 vs 3313 at L = 512. So the
-// batch-interleaved kernel takes every smaller side k <= 96, and k <= 128 while L <= 2k.
-constexpr int64_t kCompactMaxK = 128;
-bool compact_fits(int64_t k, int64_t L) { return k <= 96 || (k <= kCompactMaxK && L <= 2 * k); }
+// Crossovers measured on the development machine (Sapphire Rapids, 2 cores; float32 batches of 100,
+// compact kernels vs per-matrix dsyrk + dsyevd): k = 256: L = 256 0.028 vs ~0.05 s (500 matrices:
+// 0.28 vs 0.61 s), L = 512 0.098 vs 0.136, L = 1024 0.155 vs 0.172; k = 192, L = 768 0.067 vs 0.092;
+// k = 128, L = 1024 0.042 vs 0.053; but k = 64, L = 2048 0.032 vs 0.028; k = 32, L = 4096 0.023 vs
+// 0.020; k = 16, L = 8192 0.019 vs 0.017; and k = 3, L = 1e5 0.012 vs 0.021 (dsyrk is poor at tiny k).
+// The compact Gram loses to blocked dsyrk once L ≫ k; tridiagonalisation and eigenvalues always
+// favour the batch-interleaved kernels.
+constexpr int64_t kCompactMaxK = 256;
+bool compact_fits(int64_t k, int64_t L) { return k <= kCompactMaxK && (L <= 4 * k || L <= 1024 || k <= 8); }
 // and dsyevd_2stage beats dsyevd from this size on (single-threaded, n = 1024: 64 vs 73 ms;
 // n = 2048: 0.49 vs 1.0 s; n = 512: 13 vs 9.3 ms).
 constexpr int64_t kTwoStageMinK = 1024;
