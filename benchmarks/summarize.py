@@ -16,8 +16,9 @@ def main(path: str) -> None:
     cpu = data["machine_info"].get("cpu", {}).get("brand_raw", "?")
     print(f"Machine: {cpu}, {data['machine_info'].get('cpu', {}).get('count', '?')} cores; "
           f"{data['datetime'][:10]}; median of rounds, float32 inputs.\n")
-    print("| op | case | rankscope | numpy | torch | vs numpy | vs torch | error rankscope / numpy (max abs / s1) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| op | case | rankscope | numpy | torch | vs numpy | vs torch | error rankscope / numpy (max abs / s1) "
+          "| rankscope, float64 output |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (op, case), libs in rows.items():
         t = {k: v[0] for k, v in libs.items()}
         rs_t = t.get("rankscope")
@@ -31,10 +32,13 @@ def main(path: str) -> None:
         if op == "svdvals":
             acc = " / ".join(f"{libs[k][1].get('max_abs_err_rel_s1', float('nan')):.1e}" for k in ("rankscope", "numpy")
                              if k in libs)
+            f64 = libs.get("rankscope", (0, {}))[1].get("max_abs_err_rel_s1_f64_out")
+            f64 = f"{f64:.1e}" if f64 is not None else "–"
         else:
             acc = "ranks equal numpy's" if libs.get("rankscope", (0, {}))[1].get("agrees_with_numpy") else "ranks differ"
+            f64 = "–"
         print(f"| {op} | {case} | {fmt('rankscope')} | {fmt('numpy')} | {fmt('torch')} | {ratio('numpy')} | "
-              f"{ratio('torch')} | {acc} |")
+              f"{ratio('torch')} | {acc} | {f64} |")
 
 
 if __name__ == "__main__":
