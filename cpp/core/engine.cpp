@@ -28,7 +28,7 @@ enum class Route : uint8_t { CompactGram, Gram, Gram2Stage, Exact };
 // favour the batch-interleaved kernels.
 constexpr int64_t kCompactMaxK = 256;
 bool compact_fits(int64_t k, int64_t L) { return k <= kCompactMaxK && (L <= 4 * k || L <= 1024 || k <= 8); }
-// and dsyevd_2stage beats dsyevd from this size on (single-threaded, n = 1024: 64 vs 73 ms;
+// dsyevd_2stage beats dsyevd from this size on (single-threaded, n = 1024: 64 vs 73 ms;
 // n = 2048: 0.49 vs 1.0 s; n = 512: 13 vs 9.3 ms).
 constexpr int64_t kTwoStageMinK = 1024;
 // Largest panel of a matrix copied to float64 at once on the LAPACK Gram route (32 MB; a panel is
