@@ -162,3 +162,29 @@ def test_concurrent_calls_while_resizing(rng, restore_threads):
         stop.set()
         assert resizer.result() > 0
     assert all(ok)
+
+
+def test_forked_children_compute_with_a_fresh_pool():
+    """A child of fork() (e.g. a torch DataLoader worker) has no pool workers: it must neither hang
+    nor crash, get the parent's results, and run its loops on new workers."""
+    import multiprocessing as mp
+
+    a = np.random.default_rng(0).standard_normal((200, 64, 64)).astype(np.float32)
+    ref = rs.svdvals(a)  # the parent's pool is running
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_child_svdvals, args=(q, a, ref)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    for _ in procs:
+        threads, err = q.get(timeout=5)
+        assert threads == rs.get_num_threads()
+        assert err == 0.0
+
+
+def _child_svdvals(q, a, ref):
+    q.put((rs.get_num_threads(), float(np.abs(rs.svdvals(a) - ref).max())))

@@ -1,5 +1,6 @@
 #include "core/thread_pool.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
@@ -42,7 +43,37 @@ ThreadPool& ThreadPool::instance() {
   return *pool;
 }
 
-ThreadPool::ThreadPool() { start(default_threads()); }
+ThreadPool::ThreadPool() {
+  start(default_threads());
+  pthread_atfork(nullptr, nullptr, &ThreadPool::atfork_child);
+}
+
+// In a child of fork() only the forking thread exists: the workers' std::thread objects name threads
+// that are gone and the pool's mutexes may be held by them. Forget both (leaked on purpose: joining
+// or destroying them is undefined) and start new workers on the child's first parallel loop.
+void ThreadPool::atfork_child() {
+  ThreadPool& p = instance();
+  new (&p.mu_) std::mutex();
+  new (&p.resize_mu_) std::mutex();
+  new (&p.cv_) std::condition_variable();
+  new std::vector<std::thread>(std::move(p.workers_));
+  new std::deque<std::shared_ptr<Job>>(std::move(p.jobs_));
+  p.workers_ = std::vector<std::thread>();
+  p.jobs_ = std::deque<std::shared_ptr<Job>>();
+  p.stopping_ = false;
+  p.restart_threads_ = p.n_threads_;
+  p.n_threads_ = 1;
+}
+
+void ThreadPool::restart_after_fork() {
+  std::lock_guard<std::mutex> lk(resize_mu_);
+  int n = 0;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    n = restart_threads_.exchange(0);
+  }
+  if (n > 1) start(n);
+}
 
 ThreadPool::~ThreadPool() { stop(); }
 
@@ -64,6 +95,7 @@ void ThreadPool::stop() {
 }
 
 void ThreadPool::set_num_threads(int n) {
+  restart_after_fork();
   std::lock_guard<std::mutex> lk(resize_mu_);
   int want = n <= 0 ? default_threads() : n;
   if (want == num_threads()) return;
@@ -74,7 +106,8 @@ void ThreadPool::set_num_threads(int n) {
 
 int ThreadPool::num_threads() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return n_threads_;
+  const int restart = restart_threads_.load();
+  return restart > 0 ? restart : n_threads_;
 }
 
 void ThreadPool::run(Job& job) {
@@ -113,6 +146,7 @@ void ThreadPool::worker_loop() {
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
+  if (restart_threads_ > 0) restart_after_fork();
   if (n == 1 || num_threads() == 1) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;

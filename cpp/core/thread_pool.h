@@ -2,6 +2,7 @@
 /// \file thread_pool.h
 /// A small persistent pool for parallel loops over independent tasks (matrices, groups of matrices).
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -37,7 +38,9 @@ class ThreadPool {
   void start(int n_threads);
   void stop();
   void worker_loop();
+  void restart_after_fork();
   static void run(Job& job);
+  static void atfork_child();
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -46,6 +49,7 @@ class ThreadPool {
   std::mutex resize_mu_;
   bool stopping_ = false;
   int n_threads_ = 1;
+  std::atomic<int> restart_threads_{0};  // > 0 in a forked child until its workers are started again
 };
 
 /// CPUs this process may run on (sched_getaffinity), at least 1.
