@@ -22,12 +22,8 @@ def main(path: str) -> None:
     for (op, case), libs in rows.items():
         t = {k: v[0] for k, v in libs.items()}
         rs_t = t.get("rankscope")
-
-        def fmt(k):
-            return f"{t[k] * 1e3:.1f} ms" if k in t else "–"
-
-        def ratio(k):
-            return f"{t[k] / rs_t:.1f}×" if k in t and rs_t else "–"
+        fmt = {k: f"{v * 1e3:.1f} ms" for k, v in t.items()}
+        ratio = {k: f"{v / rs_t:.1f}×" for k, v in t.items()} if rs_t else {}
 
         if op == "svdvals":
             acc = " / ".join(f"{libs[k][1].get('max_abs_err_rel_s1', float('nan')):.1e}" for k in ("rankscope", "numpy")
@@ -37,8 +33,8 @@ def main(path: str) -> None:
         else:
             acc = "ranks equal numpy's" if libs.get("rankscope", (0, {}))[1].get("agrees_with_numpy") else "ranks differ"
             f64 = "–"
-        print(f"| {op} | {case} | {fmt('rankscope')} | {fmt('numpy')} | {fmt('torch')} | {ratio('numpy')} | "
-              f"{ratio('torch')} | {acc} | {f64} |")
+        cell = [fmt.get(k, "–") for k in ("rankscope", "numpy", "torch")] + [ratio.get(k, "–") for k in ("numpy", "torch")]
+        print(f"| {op} | {case} | " + " | ".join(cell) + f" | {acc} | {f64} |")
 
 
 if __name__ == "__main__":

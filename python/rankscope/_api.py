@@ -10,14 +10,6 @@ import numpy as np
 from . import _core, metrics
 from ._arrays import Prepared, empty, finish, is_ragged, normalize_dtype, prepare, prepare_matrices, to_framework
 
-METHODS = ("auto", "exact", "gram")
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
 def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
     """Raises for NaN/Inf inputs (when asked) and warns about matrices LAPACK could not solve."""
     bad = np.flatnonzero(status == 1)
@@ -50,7 +42,6 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool)
     Returns (values, like): values in the caller's framework (host=False) or host numpy (host=True),
     `like` the Prepared input(s) for wrapping results.
     """
-    _check_method(method)
     if is_ragged(x):
         items = prepare_matrices(x)
         outs = []

@@ -13,7 +13,7 @@ _OPENBLAS = os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so")
 if os.path.exists(_OPENBLAS):
     ctypes.CDLL(_OPENBLAS, mode=ctypes.RTLD_GLOBAL)
 
-from . import _core  # noqa: E402
+from . import _core
 
 
 def cuda_available() -> bool:

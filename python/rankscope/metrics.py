@@ -30,13 +30,14 @@ condition_number; a spectrum holding NaN gives NaN, and -1 for the integer count
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _core
-from ._arrays import Prepared, eps_of, is_ragged, normalize_dtype, prepare, to_framework
+from ._arrays import Prepared, eps_of, is_ragged, prepare, to_framework
 
 __all__ = [
     "matrix_rank",
@@ -73,7 +74,6 @@ class Spectra:
     like: Any  # Prepared (regular) or list of Prepared (ragged)
     batch_shape: tuple = ()
     sorted: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def ragged(self) -> bool:
