@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <numeric>
 
 #include "core/thread_pool.h"
@@ -59,7 +60,7 @@ struct AlignedBuffer {
       p = static_cast<double*>(std::aligned_alloc(64, bytes));
       if (!p) {
         cap = 0;
-        RS_FAIL(LinAlgError, "out of memory allocating ", bytes, " bytes of workspace");
+        throw std::bad_alloc();  // MemoryError in Python
       }
       cap = n;
     }
