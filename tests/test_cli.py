@@ -16,7 +16,8 @@ from rankscope import cli
 from rankscope._backend import cuda_available
 
 PLANTED = "blocks.1.mlp.fc2.weight"
-INFO_KEYS = {"cpu_isa", "blas", "num_threads", "available_cpus", "compact_max_k", "cuda"}
+INFO_KEYS = {"cpu_isa", "blas", "num_threads", "available_cpus", "compact_max_k", "cuda", "cuda_built",
+             "cuda_devices"}
 
 
 def _strict_json(text: str):

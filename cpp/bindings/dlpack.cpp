@@ -108,21 +108,27 @@ ImportedArray::ImportedArray(ImportedArray&&) noexcept = default;
 ImportedArray& ImportedArray::operator=(ImportedArray&&) noexcept = default;
 ImportedArray::~ImportedArray() = default;
 
-ImportedArray import_array(py::handle obj, const char* what, bool writable) {
+ImportedArray import_array(py::handle obj, const char* what, bool writable, int64_t stream) {
   ImportedArray out;
   out.owner_ = std::make_unique<ImportedArray::Owner>();
   if (py::hasattr(obj, "__dlpack__")) {
+    py::dict kwargs;
+    if (stream != kNoStream && py::hasattr(obj, "__dlpack_device__")) {
+      const auto dev = obj.attr("__dlpack_device__")().cast<py::tuple>();
+      const int type = dev[0].cast<int>();
+      if (type == kDLCUDA || type == kDLCUDAManaged) kwargs["stream"] = py::int_(stream == 0 ? 1 : stream);
+    }
     py::object cap;
     bool have = false;
     try {
-      cap = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
+      cap = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0), **kwargs);
       have = true;
     } catch (py::error_already_set& e) {
       if (!e.matches(PyExc_TypeError) && !e.matches(PyExc_BufferError)) throw;
     }
     if (!have) {
       try {
-        cap = obj.attr("__dlpack__")();
+        cap = obj.attr("__dlpack__")(**kwargs);
         have = true;
       } catch (py::error_already_set& e) {
         // e.g. numpy refuses read-only arrays through legacy DLPack: the buffer protocol still works

@@ -1,8 +1,6 @@
 #include "metrics/metrics.h"
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
+#include "metrics/metrics_impl.h"
 
 namespace rankscope::metrics {
 
@@ -11,76 +9,8 @@ const char* const kColumnNames[kNumColumns] = {
     "log10_sv_min", "condition_number", "effective_rank", "rankme",   "stable_rank",
     "participation_ratio", "nuclear_ratio", "energy_rank", "tol"};
 
-namespace {
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-}  // namespace
-
-void compute(const double* s, int64_t k, const RowTol& rt, const Params& p, double* out) {
-  std::fill(out, out + kNumColumns, 0.0);
-  for (int64_t i = 0; i < k; ++i) {
-    if (!std::isfinite(s[i])) {
-      std::fill(out, out + kNumColumns, kNaN);
-      out[kRank] = out[kRankLoss] = out[kWeakRankLoss] = out[kEnergyRank] = -1.0;
-      return;
-    }
-  }
-  if (k == 0) {
-    out[kSvMin] = out[kSvMax] = out[kLog10SvMin] = out[kConditionNumber] = kNaN;
-    return;
-  }
-  const double s1 = s[0], sk = s[k - 1];
-  const double tol = std::max(rt.atol, rt.rtol * s1);
-  int64_t rank = 0, weak = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    rank += s[i] > tol;
-    weak += s[i] * s[i] < p.weak_threshold;
-  }
-  out[kRank] = static_cast<double>(rank);
-  out[kRankLoss] = static_cast<double>(k - rank);
-  out[kWeakRankLoss] = static_cast<double>(weak);
-  out[kTol] = tol;
-  out[kSvMin] = sk;
-  out[kSvMax] = s1;
-  out[kLog10SvMin] = std::log10(sk);
-  out[kConditionNumber] = sk > 0.0 ? s1 / sk : kInf;
-  if (s1 == 0.0) return;  // zero matrix: every rank-type metric stays 0
-
-  // Ratios to s₁ keep sums of squares and fourth powers in range for any float64 spectrum.
-  double sum_r = 0.0, sum_r2 = 0.0, sum_r4 = 0.0;
-  for (int64_t i = 0; i < k; ++i) {
-    const double r = s[i] / s1, r2 = r * r;
-    sum_r += r;
-    sum_r2 += r2;
-    sum_r4 += r2 * r2;
-  }
-  double h = 0.0, h2 = 0.0, hm = 0.0;
-  for (int64_t i = 0; i < k; ++i) {
-    const double r = s[i] / s1;
-    const double p1 = r / sum_r, p2 = r * r / sum_r2, pm = p1 + p.rankme_eps;
-    if (p1 > 0.0) h -= p1 * std::log(p1);
-    if (p2 > 0.0) h2 -= p2 * std::log(p2);
-    if (pm > 0.0) hm -= pm * std::log(pm);  // eps = 0 is allowed: 0 ln 0 = 0 as for the others
-  }
-  out[kEffectiveRank] = std::exp(p.erank_on_s2 ? h2 : h);
-  out[kRankMe] = std::exp(hm);
-  out[kStableRank] = sum_r2;
-  out[kParticipationRatio] = sum_r2 * sum_r2 / sum_r4;
-  out[kNuclearRatio] = sum_r;
-  // Smallest r with Σ_{i<r} l_i ≥ tau · Σ l; the same summation order makes r = k reachable for tau = 1.
-  const double target = p.tau * sum_r2;
-  double cum = 0.0;
-  int64_t r = k;
-  for (int64_t i = 0; i < k; ++i) {
-    const double ri = s[i] / s1;
-    cum += ri * ri;
-    if (cum >= target) {
-      r = i + 1;
-      break;
-    }
-  }
-  out[kEnergyRank] = static_cast<double>(r);
+void compute(const double* s, int64_t k, const RowTol& tol, const Params& p, double* out) {
+  compute_impl(s, k, tol, p, out);
 }
 
 }  // namespace rankscope::metrics

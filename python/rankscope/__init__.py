@@ -5,8 +5,7 @@ nested lists, or a list of 2-D matrices of different shapes, and return results 
 framework. Metrics on precomputed singular values live in :mod:`rankscope.metrics`.
 """
 
-from ._backend import _core, build_info
-from ._errors import LinAlgError
+from . import metrics
 from ._api import (
     condition_number,
     effective_rank,
@@ -24,31 +23,32 @@ from ._api import (
     svdvals,
     weak_rank_loss,
 )
-from . import metrics
+from ._backend import _core, build_info
+from ._errors import LinAlgError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "svdvals",
-    "matrix_rank",
-    "rank_loss",
-    "weak_rank_loss",
-    "sv_min",
-    "sv_max",
-    "log10_sv_min",
+    "LinAlgError",
+    "build_info",
     "condition_number",
     "effective_rank",
-    "rankme",
-    "stable_rank",
-    "participation_ratio",
-    "nuclear_ratio",
     "energy_rank",
-    "spectrum_report",
-    "metrics",
-    "set_num_threads",
     "get_num_threads",
-    "build_info",
-    "LinAlgError",
+    "log10_sv_min",
+    "matrix_rank",
+    "metrics",
+    "nuclear_ratio",
+    "participation_ratio",
+    "rank_loss",
+    "rankme",
+    "set_num_threads",
+    "spectrum_report",
+    "stable_rank",
+    "sv_max",
+    "sv_min",
+    "svdvals",
+    "weak_rank_loss",
 ]
 
 

@@ -8,7 +8,18 @@ from typing import Any
 import numpy as np
 
 from . import _core, metrics
-from ._arrays import Prepared, empty, finish, is_ragged, normalize_dtype, prepare, prepare_matrices, to_framework
+from ._arrays import (
+    Prepared,
+    empty,
+    finish,
+    is_ragged,
+    normalize_dtype,
+    prepare,
+    prepare_matrices,
+    to_framework,
+)
+from ._backend import cuda_error, cuda_module
+
 
 def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
     """Raises for NaN/Inf inputs (when asked) and warns about matrices LAPACK could not solve."""
@@ -37,33 +48,74 @@ def _regular(x: Any) -> Prepared:
 
 
 def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool):
-    """Singular values of a regular batch or a ragged list.
+    """Singular values of a regular batch or a ragged list, on the host or on the inputs' GPU.
 
-    Returns (values, like): values in the caller's framework (host=False) or host numpy (host=True),
-    `like` the Prepared input(s) for wrapping results.
+    Returns (values, like): values in the caller's framework (host=False), or for the metrics host
+    numpy (host=True; device spectra stay on the device), `like` the Prepared input(s).
+    On the GPU the call waits for the caller's stream only when check_finite is true (to read each
+    matrix's status); otherwise it returns as soon as the work is queued.
     """
     if is_ragged(x):
         items = prepare_matrices(x)
+        gpu = bool(items) and items[0].on_cuda
         outs = []
         for p in items:
             dt = dtype or ("float64" if p.dtype == "float64" else "float32")
             k = min(p.shape)
-            outs.append(np.empty(k, dtype=dt) if host else empty(p, (k,), dt))
-        status = _core.svdvals_list([p.data for p in items], outs, method)
+            outs.append(np.empty(k, dtype=dt) if host and not gpu else empty(p, (k,), dt))
+        if gpu:
+            status = cuda_module().svdvals_list([p.data for p in items], outs, method, items[0].stream(), check_finite)
+        else:
+            status = _core.svdvals_list([p.data for p in items], outs, method)
         _check_status(status, check_finite, lambda i: f"x[{i}]")
         return outs, items
     p = _regular(x)
     *batch, m, n = p.shape
     dt = dtype or ("float64" if p.dtype == "float64" else "float32")
     shape = (*batch, min(m, n))
-    out = np.empty(shape, dtype=dt) if host else empty(p, shape, dt)
-    status = _core.svdvals(p.data, out, method)
+    out = np.empty(shape, dtype=dt) if host and not p.on_cuda else empty(p, shape, dt)
+    if p.on_cuda:
+        status = cuda_module().svdvals(p.data, out, method, p.stream(), check_finite)
+    else:
+        status = _core.svdvals(p.data, out, method)
     _check_status(status, check_finite,
                   lambda i: f"at batch index {tuple(int(j) for j in np.unravel_index(i, batch)) if batch else ()}")
     return out, p
 
 
-def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bool = True) -> Any:
+def _to_cuda(x: Any, device: str) -> tuple[Any, Any]:
+    """A copy of host input `x` on `device` (torch if it has CUDA, else CuPy) and a function that brings
+    a result back to the host in the caller's form."""
+    if is_ragged(x):
+        moved = [_to_cuda(e, device) for e in x]
+        return [m for m, _ in moved], lambda vs: [back(v) for (_, back), v in zip(moved, vs)]
+    p = prepare(x)
+    if p.on_cuda:
+        return p.data, lambda v: v
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        t = p.data if p.kind == "torch" else torch.from_dlpack(p.data) if p.dlpack_shape else torch.from_numpy(
+            np.ascontiguousarray(p.data))
+        moved = t.to(device, non_blocking=False)
+        if p.kind == "torch":
+            return moved, lambda v: v.cpu()
+        return moved, lambda v: v.cpu().numpy() if p.kind == "numpy" else v.cpu().tolist()
+    try:
+        import cupy
+    except ImportError:
+        raise ValueError(f"device={device!r} needs torch with CUDA or CuPy to copy the input to the GPU") from None
+    idx = int(device.partition(":")[2] or 0)
+    with cupy.cuda.Device(idx):
+        moved = cupy.asarray(np.asarray(p.data))
+    if p.kind == "torch":
+        return moved, lambda v: p.data.new_tensor(cupy.asnumpy(v))
+    return moved, lambda v: cupy.asnumpy(v) if p.kind == "numpy" else cupy.asnumpy(v).tolist()
+
+
+def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bool = True,
+            device: str | None = None) -> Any:
     """Singular values of each matrix, descending: shape (..., min(m, n)).
 
     Parameters
@@ -79,7 +131,13 @@ def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bo
         Output dtype; default float64 for float64 inputs, float32 otherwise.
     check_finite : bool
         Raise ValueError for NaN/Inf inputs (default); if False such matrices get NaN values and the
-        others are unaffected.
+        others are unaffected. On the GPU, True waits for the caller's stream (to read each matrix's
+        status); False queues the work and returns at once (matrices that fail to converge then get
+        NaN without a warning).
+    device : "cuda", "cuda:N" or None
+        Where to compute host inputs: "cuda" copies them to the GPU (through torch or CuPy) and brings
+        the values back. Device inputs (torch CUDA tensors, CuPy arrays) are always computed on their
+        own device, on the caller's current stream, without a copy.
 
     Returns
     -------
@@ -87,6 +145,14 @@ def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bo
     nested lists in → lists out, a list of matrices → a list of 1-D results.
     """
     dt = normalize_dtype(dtype)
+    if device is not None and device != "cpu":
+        if not (device == "cuda" or device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        reason = cuda_error()
+        if reason:
+            raise ValueError(f"device={device!r}: {reason}")
+        moved, back = _to_cuda(x, device)
+        return back(svdvals(moved, method=method, dtype=dtype, check_finite=check_finite))
     values, like = _run(x, method, dt, check_finite, host=False)
     if isinstance(like, list):
         return [finish(v, p) for v, p in zip(values, like)]
@@ -103,7 +169,7 @@ def _spectra(x: Any, method: str, check_finite: bool) -> metrics.Spectra:
     *batch, mm, nn = like.shape
     rows = int(np.prod(batch, dtype=np.int64))
     return metrics.Spectra(
-        values.reshape(rows, min(mm, nn)),
+        values.reshape((rows, min(mm, nn))),
         np.full(rows, float(mm)),
         np.full(rows, float(nn)),
         [like.dtype] * rows,
@@ -197,6 +263,8 @@ def participation_ratio(x, *, center=True, check_finite=True):
     if is_ragged(x):
         return [participation_ratio(e, center=center, check_finite=check_finite) for e in x]
     p = _regular(x)
+    if p.on_cuda:
+        return _participation_ratio_device(p, center, check_finite)
     a = metrics._host_values(p, "x") if p.kind == "torch" else p.data
     a = np.asarray(a, dtype=np.float64)
     if check_finite and not np.all(np.isfinite(a)):
@@ -214,6 +282,32 @@ def participation_ratio(x, *, center=True, check_finite=True):
         pr = np.where(fro2 > 0, tr * tr / np.where(fro2 > 0, fro2, 1.0), 0.0)
     pr = np.where(np.isnan(tr), np.nan, pr)
     return to_framework(np.asarray(pr), p)
+
+
+def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool):
+    """participation_ratio of a torch CUDA tensor or CuPy array, in float64 on its device."""
+    if p.kind == "torch":
+        import torch as xp
+
+        a = p.data.to(xp.float64)
+        at = a.transpose(-1, -2)
+    else:
+        import cupy as xp
+
+        a = p.data.astype(xp.float64)
+        at = xp.swapaxes(a, -1, -2)
+    if check_finite and not bool(xp.isfinite(a).all()):
+        raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
+    if center:
+        a = a - a[..., :1, :]
+        a = a - a.mean(-2, keepdims=True) if p.kind == "cupy" else a - a.mean(-2, keepdim=True)
+        at = a.transpose(-1, -2) if p.kind == "torch" else xp.swapaxes(a, -1, -2)
+    c = at @ a if a.shape[-1] <= a.shape[-2] else a @ at
+    tr = c.diagonal(0, -2, -1).sum(-1) if p.kind == "torch" else xp.trace(c, axis1=-2, axis2=-1)
+    fro2 = (c * c).sum((-2, -1)) if p.kind == "torch" else (c * c).sum(axis=(-2, -1))
+    safe = xp.where(fro2 > 0, fro2, xp.ones_like(fro2))
+    pr = xp.where(fro2 > 0, tr * tr / safe, xp.zeros_like(fro2))
+    return xp.where(xp.isnan(tr), tr, pr)
 
 
 def spectrum_report(x, *, method="auto", check_finite=True, atol=None, rtol=None, policy="auto", tau=0.99,

@@ -36,14 +36,49 @@ def is_torch(x: Any) -> bool:
     return t is not None and isinstance(x, t.Tensor)
 
 
+def is_cupy(x: Any) -> bool:
+    cp = sys.modules.get("cupy")
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+def _cuda_or_raise(what: str, where: str):
+    """The CUDA module, or ValueError saying why device arrays cannot be used here."""
+    from ._backend import cuda_error, cuda_module
+
+    reason = cuda_error()
+    if reason:
+        raise ValueError(f"{what} is on {where}, but {reason}; move it to the host (.cpu() / .get()) first")
+    return cuda_module()
+
+
 @dataclass
 class Prepared:
     """A validated array: `data` is what the core reads (numpy array or torch tensor)."""
 
     data: Any
-    kind: str  # "numpy", "torch" or "list" (nested Python lists: results come back as lists)
+    kind: str  # "numpy", "torch", "cupy" or "list" (nested Python lists: results come back as lists)
     dtype: str  # the dtype the data was stored in: float16, bfloat16, float32 or float64
     dlpack_shape: tuple | None = None  # for objects the core reads through DLPack only
+    device: str = "cpu"  # "cpu" or "cuda" (then `data` is a torch CUDA tensor or a CuPy array)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def device_index(self) -> int:
+        if self.kind == "torch":
+            return self.data.device.index or 0
+        return self.data.device.id
+
+    def stream(self) -> int:
+        """The caller's current CUDA stream on this array's device (its handle as an int)."""
+        if self.kind == "torch":
+            return int(_torch().cuda.current_stream(self.data.device).cuda_stream)
+        import cupy
+
+        with cupy.cuda.Device(self.device_index):
+            return int(cupy.cuda.get_current_stream().ptr)
 
     @property
     def shape(self) -> tuple:
@@ -75,14 +110,26 @@ def _prepare_torch(t: Any, what: str) -> Prepared:
         if t.is_floating_point():
             raise TypeError(f"{what}: dtype {t.dtype} is not supported")
         t = t.to(torch.float64)
-    if t.device.type != "cpu":
-        raise ValueError(
-            f"{what} is on device '{t.device}', but this rankscope install has no backend for it "
-            "(the CUDA backend is not built); move the tensor to the CPU with .cpu()"
-        )
     if t.requires_grad:
         t = t.detach()  # values only: no autograd through svdvals
+    if t.device.type == "cuda":
+        _cuda_or_raise(what, f"device '{t.device}'")
+        return Prepared(t, "torch", str(t.dtype).removeprefix("torch."), device="cuda")
+    if t.device.type != "cpu":
+        raise ValueError(f"{what} is on device '{t.device}'; rankscope reads host and CUDA tensors only")
     return Prepared(t, "torch", str(t.dtype).removeprefix("torch."))
+
+
+def _prepare_cupy(a: Any, what: str) -> Prepared:
+    dt = np.dtype(a.dtype)
+    if dt.kind == "c":
+        raise TypeError(f"{what}: complex input ({dt}) is not supported; pass the real matrix")
+    if dt.kind in "biu":
+        a = a.astype(np.float64)
+    elif dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+        raise TypeError(f"{what}: dtype {dt} is not supported; expected a real floating or integer array")
+    _cuda_or_raise(what, f"CUDA device {a.device.id}")
+    return Prepared(a, "cupy", np.dtype(a.dtype).name, device="cuda")
 
 
 def _prepare_dlpack_only(x: Any, what: str, numpy_error: Exception) -> Prepared:
@@ -104,6 +151,8 @@ def prepare(x: Any, what: str = "x") -> Prepared:
         return _prepare_numpy(x, what, "numpy")
     if is_torch(x):
         return _prepare_torch(x, what)
+    if is_cupy(x):
+        return _prepare_cupy(x, what)
     if isinstance(x, (list, tuple)):
         try:
             a = np.asarray(x)
@@ -131,7 +180,7 @@ def is_ragged(x: Any) -> bool:
         return False
     if len(x) == 0:
         return True
-    return all(isinstance(e, np.ndarray) or is_torch(e) or hasattr(e, "__dlpack__") for e in x)
+    return all(isinstance(e, np.ndarray) or is_torch(e) or is_cupy(e) or hasattr(e, "__dlpack__") for e in x)
 
 
 def prepare_matrices(x: Any, what: str = "x") -> list[Prepared]:
@@ -140,7 +189,7 @@ def prepare_matrices(x: Any, what: str = "x") -> list[Prepared]:
     for i, p in enumerate(items):
         if len(p.shape) != 2:
             raise ValueError(f"{what}[{i}] must be a 2-D matrix, got shape {p.shape}")
-    devices = {str(p.data.device) if p.kind == "torch" else "cpu" for p in items}
+    devices = {f"cuda:{p.device_index}" if p.on_cuda else "cpu" for p in items}
     if len(devices) > 1:
         raise ValueError(f"{what}: matrices on different devices ({', '.join(sorted(devices))})")
     return items
@@ -167,6 +216,11 @@ def empty(like: Prepared, shape: tuple, dtype: str) -> Any:
     if like.kind == "torch":
         torch = _torch()
         return torch.empty(shape, dtype=getattr(torch, dtype), device=like.data.device)
+    if like.kind == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device_index):
+            return cupy.empty(shape, dtype=dtype)
     return np.empty(shape, dtype=dtype)
 
 
@@ -175,6 +229,11 @@ def to_framework(a: np.ndarray, like: Prepared) -> Any:
     if like.kind == "torch":
         # reshape: np.ascontiguousarray makes 0-d arrays 1-d, and one matrix's metric is a 0-d tensor
         return _torch().from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(like.data.device)
+    if like.kind == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device_index):
+            return cupy.asarray(a)
     if like.kind == "list":
         return a.tolist()
     return a[()] if a.ndim == 0 else a

@@ -30,8 +30,8 @@ condition_number; a spectrum holding NaN gives NaN, and -1 for the integer count
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,21 +40,21 @@ from . import _core
 from ._arrays import Prepared, eps_of, is_ragged, prepare, to_framework
 
 __all__ = [
-    "matrix_rank",
-    "rank_loss",
-    "weak_rank_loss",
-    "sv_min",
-    "sv_max",
-    "log10_sv_min",
+    "POLICIES",
     "condition_number",
     "effective_rank",
-    "rankme",
-    "stable_rank",
-    "participation_ratio",
-    "nuclear_ratio",
     "energy_rank",
+    "log10_sv_min",
+    "matrix_rank",
+    "nuclear_ratio",
+    "participation_ratio",
+    "rank_loss",
+    "rankme",
     "report",
-    "POLICIES",
+    "stable_rank",
+    "sv_max",
+    "sv_min",
+    "weak_rank_loss",
 ]
 
 NAMES: tuple[str, ...] = tuple(_core.metric_names())
@@ -79,8 +79,20 @@ class Spectra:
     def ragged(self) -> bool:
         return isinstance(self.like, list)
 
-    def wrap(self, column: np.ndarray) -> Any:
-        """One metric column in the caller's form."""
+    @property
+    def first(self) -> Prepared | None:
+        if self.ragged:
+            return self.like[0] if self.like else None
+        return self.like
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.first is not None and self.first.on_cuda
+
+    def wrap(self, column: Any) -> Any:
+        """One metric column in the caller's form (device columns stay on the device)."""
+        if self.on_cuda:
+            return list(column) if self.ragged else column.reshape(self.batch_shape)
         if self.ragged:
             return [to_framework(np.asarray(column[i]), p) for i, p in enumerate(self.like)]
         return to_framework(column.reshape(self.batch_shape), self.like)
@@ -142,14 +154,62 @@ def evaluate(
     tol = _tolerances(sp, policy, atol, rtol) if {"matrix_rank", "rank_loss", "tol"} & set(names) else (
         np.zeros((len(sp.dtypes), 2))
     )
-    table = np.empty((len(sp.dtypes), len(NAMES)))
-    _core.spectrum_metrics(sp.values, tol, table, float(tau), float(eps), on == "s2", float(threshold),
-                           not sp.sorted)
+    if sp.on_cuda:
+        table = _evaluate_cuda(sp, tol, float(tau), float(eps), on == "s2", float(threshold))
+    else:
+        table = np.empty((len(sp.dtypes), len(NAMES)))
+        _core.spectrum_metrics(sp.values, tol, table, float(tau), float(eps), on == "s2", float(threshold),
+                               not sp.sorted)
     result = {}
     for name in names:
         col = table[:, _COLUMN[name]]
-        result[name] = sp.wrap(col.astype(np.int64) if name in _COUNTS else col)
+        if name in _COUNTS:
+            col = col.long() if sp.on_cuda and sp.first.kind == "torch" else col.astype(np.int64)
+        result[name] = sp.wrap(col)
     return result
+
+
+def _evaluate_cuda(sp: Spectra, tol: np.ndarray, tau: float, eps: float, on_s2: bool, threshold: float):
+    """The metric table of device spectra, computed and left on their device (float64, rows × NAMES)."""
+    from ._backend import cuda_module
+
+    p = sp.first
+    rows = len(sp.dtypes)
+    values = sp.values
+    if p.kind == "torch":
+        import torch as xp
+
+        dev = p.data.device
+        table = xp.empty((rows, len(NAMES)), dtype=xp.float64, device=dev)
+        if rows and np.all(tol == tol[:1]):  # one tolerance rule for every row: fill on the device
+            tol_d = xp.empty((rows, 2), dtype=xp.float64, device=dev)
+            tol_d[:, 0] = float(tol[0, 0])
+            tol_d[:, 1] = float(tol[0, 1])
+        else:
+            tol_d = xp.as_tensor(np.ascontiguousarray(tol), device=dev)
+        if not sp.sorted:
+            values = [v.sort(descending=True).values for v in values] if sp.ragged else values.sort(
+                -1, descending=True).values
+    else:
+        import cupy as xp
+
+        with xp.cuda.Device(p.device_index):
+            table = xp.empty((rows, len(NAMES)), dtype=xp.float64)
+            tol_d = xp.asarray(np.ascontiguousarray(tol))
+            if not sp.sorted:
+                values = [xp.sort(v)[::-1] for v in values] if sp.ragged else xp.sort(values, axis=-1)[..., ::-1]
+    cuda_module().spectrum_metrics(values, tol_d, table, tau, eps, on_s2, threshold, p.stream())
+    return table
+
+
+def _device_values(p: Prepared, what: str) -> Any:
+    """float32/float64 singular values on their device (float16/bfloat16 converted), checked ≥ 0."""
+    data = p.data
+    if p.dtype in ("float16", "bfloat16"):
+        data = data.float() if p.kind == "torch" else data.astype("float32")
+    if bool((data < 0).any()):
+        raise ValueError(f"{what}: singular values must be non-negative")
+    return data
 
 
 def _host_values(p: Prepared, what: str) -> np.ndarray:
@@ -174,16 +234,17 @@ def from_values(s: Any, shape: Any = None, dtype: Any = None, what: str = "s") -
         for i, p in enumerate(items):
             if len(p.shape) != 1:
                 raise ValueError(f"{what}[{i}] must be 1-D (one spectrum), got shape {p.shape}")
-        values = [_host_values(p, what) for p in items]
+        get = _device_values if items and items[0].on_cuda else _host_values
+        values = [get(p, what) for p in items]
         m, n = _shapes(shape, len(items), ragged=True)
         return Spectra(values, m, n, [stored or p.dtype for p in items], items)
     p = prepare(s, what)
     if len(p.shape) < 1:
         raise ValueError(f"{what} must have at least 1 dimension (..., k), got a scalar")
-    v = _host_values(p, what)
+    v = _device_values(p, what) if p.on_cuda else _host_values(p, what)
     batch = p.shape[:-1]
     rows = int(np.prod(batch, dtype=np.int64))
-    values = v.reshape(rows, p.shape[-1])
+    values = v.reshape((rows, p.shape[-1]))
     m, n = _shapes(shape, rows, ragged=False)
     return Spectra(values, m, n, [stored or p.dtype] * rows, p, batch_shape=batch)
 

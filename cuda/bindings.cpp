@@ -1,0 +1,278 @@
+// rankscope._cuda: the CUDA engine's Python bindings. Arrays come in through DLPack (torch CUDA
+// tensors, CuPy arrays) on the caller's stream; outputs are allocated by the Python layer.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "bindings/dlpack.h"
+#include "context.h"
+#include "cuda_check.h"
+#include "engine.h"
+#include "metrics.h"
+#include "rankscope/errors.h"
+
+namespace py = pybind11;
+using namespace rankscope;
+using bindings::ImportedArray;
+using bindings::import_array;
+
+namespace {
+
+Method parse_method(const std::string& m) {
+  if (m == "auto") return Method::Auto;
+  if (m == "exact") return Method::Exact;
+  if (m == "gram") return Method::Gram;
+  RS_FAIL(InvalidArgument, "method must be 'auto', 'exact' or 'gram', got '", m, "'");
+}
+
+DType parse_dtype(const std::string& d) {
+  if (d == "float64") return DType::F64;
+  if (d == "float32") return DType::F32;
+  if (d == "float16") return DType::F16;
+  if (d == "bfloat16") return DType::BF16;
+  RS_FAIL(InvalidArgument, "unknown dtype ", d);
+}
+
+void require_gpu() {
+  RS_CHECK(cuda::device_count() > 0, InvalidArgument,
+           "rankscope's CUDA backend is built, but no CUDA device is usable here (", cuda::no_device_reason(), ")");
+}
+
+// Every array of a call on one CUDA device; returns that device.
+int common_device(const std::vector<const ArrayView*>& views, const std::vector<std::string>& names) {
+  int dev = -1;
+  for (size_t i = 0; i < views.size(); ++i) {
+    const ArrayView& v = *views[i];
+    RS_CHECK(v.device == DeviceType::CUDA, InvalidArgument, names[i],
+             " is not in CUDA device memory; the CUDA backend reads device arrays only");
+    if (dev < 0) dev = v.device_id;
+    RS_CHECK(v.device_id == dev, InvalidArgument, names[i], " is on cuda:", v.device_id, " but ", names[0],
+             " is on cuda:", dev);
+  }
+  RS_CHECK(dev < cuda::device_count(), InvalidArgument, "cuda:", dev, " does not exist (", cuda::device_count(),
+           " devices)");
+  return dev;
+}
+
+void check_out_dtype(const ArrayView& o, const char* what) {
+  RS_CHECK(o.dtype == DType::F32 || o.dtype == DType::F64, TypeMismatch, what, " must be float32 or float64, got ",
+           dtype_name(o.dtype));
+}
+
+cudaStream_t as_stream(int64_t s) { return reinterpret_cast<cudaStream_t>(static_cast<intptr_t>(s)); }
+
+py::object status_or_none(std::vector<int8_t>& st, bool sync, std::vector<py::ssize_t> shape) {
+  if (!sync) return py::none();
+  py::array_t<int8_t> a(shape);
+  std::copy(st.begin(), st.end(), a.mutable_data());
+  return std::move(a);
+}
+
+// Batch (..., m, n) → (..., k) on the device.
+py::object svdvals_batch(py::handle x, py::handle out, const std::string& method, int64_t stream, bool sync) {
+  require_gpu();
+  const Method meth = parse_method(method);
+  ImportedArray xa = import_array(x, "x", false, stream), oa = import_array(out, "out", true, stream);
+  const ArrayView &xv = xa.view, &ov = oa.view;
+  const int device = common_device({&xv, &ov}, {"x", "out"});
+  check_out_dtype(ov, "out");
+  RS_CHECK(xv.ndim() >= 2, InvalidArgument, "x must have at least 2 dimensions (..., m, n), got ", xv.ndim());
+  const int nd = xv.ndim() - 2;
+  const int64_t m = xv.shape[nd], n = xv.shape[nd + 1];
+  RS_CHECK(ov.ndim() == nd + 1, InvalidArgument, "out must have ", nd + 1, " dimensions");
+  for (int d = 0; d < nd; ++d) RS_CHECK(ov.shape[d] == xv.shape[d], InvalidArgument, "out batch shape does not match x");
+  RS_CHECK(ov.shape[nd] == std::min(m, n), InvalidArgument, "out must have last dimension min(m, n)");
+
+  cuda::MatrixSet s;
+  s.dtype = xv.dtype;
+  s.otype = ov.dtype;
+  s.m = m;
+  s.n = n;
+  s.in = static_cast<const char*>(xv.data);
+  s.out = static_cast<char*>(ov.data);
+  s.rs = xv.strides[nd];
+  s.cs = xv.strides[nd + 1];
+  s.os = ov.strides[nd];
+  s.count = 1;
+  std::vector<py::ssize_t> batch;
+  // Batch dimensions, with size-1 dimensions dropped and mergeable neighbours merged.
+  std::vector<int64_t> sh, is, os;
+  for (int d = 0; d < nd; ++d) {
+    batch.push_back(xv.shape[d]);
+    s.count *= xv.shape[d];
+    if (xv.shape[d] == 1) continue;
+    if (!sh.empty() && is.back() == xv.strides[d] * xv.shape[d] && os.back() == ov.strides[d] * xv.shape[d]) {
+      sh.back() *= xv.shape[d];
+      is.back() = xv.strides[d];
+      os.back() = ov.strides[d];
+      continue;
+    }
+    sh.push_back(xv.shape[d]);
+    is.push_back(xv.strides[d]);
+    os.push_back(ov.strides[d]);
+  }
+  RS_CHECK(sh.size() <= size_t(cuda::kMaxBatchDims), InvalidArgument, "x has ", sh.size(),
+           " batch dimensions that cannot be merged; the CUDA backend takes at most ", cuda::kMaxBatchDims,
+           " (reshape x first)");
+  s.nd = int(sh.size());
+  for (int d = 0; d < s.nd; ++d) {
+    s.shape[d] = sh[d];
+    s.istride[d] = is[d];
+    s.ostride[d] = os[d];
+  }
+  std::vector<int8_t> st(size_t(s.count), 0);
+  {
+    py::gil_scoped_release nogil;
+    cuda::svdvals_batch(device, as_stream(stream), s, meth, sync, st.data());
+  }
+  return status_or_none(st, sync, batch);
+}
+
+py::object svdvals_list(const py::sequence& xs, const py::sequence& outs_seq, const std::string& method,
+                        int64_t stream, bool sync) {
+  require_gpu();
+  const Method meth = parse_method(method);
+  const size_t count = py::len(xs);
+  RS_CHECK(py::len(outs_seq) == count, InvalidArgument, "got ", count, " matrices but ", py::len(outs_seq), " outputs");
+  std::vector<ImportedArray> keep;
+  keep.reserve(2 * count);
+  std::vector<MatrixRef> in(count);
+  std::vector<VectorOut> outs(count);
+  std::vector<const ArrayView*> views;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < count; ++i) {
+    const std::string name = "x[" + std::to_string(i) + "]", oname = "out[" + std::to_string(i) + "]";
+    keep.push_back(import_array(xs[i], name.c_str(), false, stream));
+    const ArrayView& v = keep.back().view;
+    RS_CHECK(v.ndim() == 2, InvalidArgument, name, " must be a 2-D matrix, got ", v.ndim(), " dimensions");
+    in[i] = {v.data, v.dtype, v.shape[0], v.shape[1], v.strides[0], v.strides[1]};
+    keep.push_back(import_array(outs_seq[i], oname.c_str(), true, stream));
+    const ArrayView& o = keep.back().view;
+    check_out_dtype(o, oname.c_str());
+    RS_CHECK(o.ndim() == 1 && o.shape[0] == std::min(v.shape[0], v.shape[1]), InvalidArgument, oname,
+             " must be 1-D of length min(m, n)");
+    outs[i] = {o.data, o.dtype, o.strides[0]};
+    names.push_back(name);
+    names.push_back(oname);
+  }
+  for (auto& k : keep) views.push_back(&k.view);
+  if (count == 0) return sync ? py::object(py::array_t<int8_t>(0)) : py::none();
+  const int device = common_device(views, names);
+  std::vector<int8_t> st(count, 0);
+  {
+    py::gil_scoped_release nogil;
+    cuda::svdvals_list(device, as_stream(stream), in, outs, meth, sync, st.data());
+  }
+  return status_or_none(st, sync, {py::ssize_t(count)});
+}
+
+// s: device (B, k) spectra or a list of device 1-D spectra (descending); tol: device float64 (B, 2);
+// out: device float64 (B, kNumColumns), C-contiguous.
+void spectrum_metrics(py::handle s, py::handle tol, py::handle out, double tau, double rankme_eps, bool erank_on_s2,
+                      double weak_threshold, int64_t stream) {
+  require_gpu();
+  RS_CHECK(tau > 0.0 && tau <= 1.0, InvalidArgument, "tau must be in (0, 1], got ", tau);
+  RS_CHECK(rankme_eps >= 0.0, InvalidArgument, "eps must be non-negative, got ", rankme_eps);
+  metrics::Params p;
+  p.tau = tau;
+  p.rankme_eps = rankme_eps;
+  p.erank_on_s2 = erank_on_s2;
+  p.weak_threshold = weak_threshold;
+  std::vector<ImportedArray> keep;
+  std::vector<cuda::SpecDesc> specs;
+  auto add = [&](const ArrayView& v, int64_t off, int64_t k, int64_t stride) {
+    RS_CHECK(v.dtype == DType::F32 || v.dtype == DType::F64, TypeMismatch,
+             "singular values must be float32 or float64, got ", dtype_name(v.dtype));
+    const int isz = itemsize(v.dtype);
+    specs.push_back({static_cast<const char*>(v.data) + off * isz, k, stride, v.dtype == DType::F64});
+  };
+  if (py::isinstance<py::list>(s) || py::isinstance<py::tuple>(s)) {
+    auto seq = py::reinterpret_borrow<py::sequence>(s);
+    for (size_t i = 0; i < py::len(seq); ++i) {
+      keep.push_back(import_array(seq[i], "s", false, stream));
+      const ArrayView& v = keep.back().view;
+      RS_CHECK(v.ndim() == 1, InvalidArgument, "each spectrum in a list must be 1-D");
+      add(v, 0, v.shape[0], v.strides[0]);
+    }
+  } else {
+    keep.push_back(import_array(s, "s", false, stream));
+    const ArrayView& v = keep.back().view;
+    RS_CHECK(v.ndim() == 2, InvalidArgument, "s must be 2-D (rows, k)");
+    for (int64_t r = 0; r < v.shape[0]; ++r) add(v, r * v.strides[0], v.shape[1], v.strides[1]);
+  }
+  ImportedArray ta = import_array(tol, "tol", false, stream), oa = import_array(out, "out", true, stream);
+  const int64_t B = int64_t(specs.size());
+  const ArrayView &tv = ta.view, &ov = oa.view;
+  RS_CHECK(tv.dtype == DType::F64 && tv.ndim() == 2 && tv.shape[0] == B && tv.shape[1] == 2 && tv.strides[1] == 1 &&
+               tv.strides[0] == 2,
+           InvalidArgument, "tol must be a C-contiguous float64 (", B, ", 2) device array");
+  RS_CHECK(ov.dtype == DType::F64 && ov.ndim() == 2 && ov.shape[0] == B && ov.shape[1] == metrics::kNumColumns &&
+               ov.strides[1] == 1 && ov.strides[0] == metrics::kNumColumns,
+           InvalidArgument, "out must be a C-contiguous float64 (", B, ", ", int(metrics::kNumColumns), ") device array");
+  std::vector<const ArrayView*> views;
+  std::vector<std::string> names;
+  for (auto& k : keep) {
+    views.push_back(&k.view);
+    names.push_back("s");
+  }
+  views.push_back(&tv);
+  names.push_back("tol");
+  views.push_back(&ov);
+  names.push_back("out");
+  const int device = common_device(views, names);
+  py::gil_scoped_release nogil;
+  cuda::spectrum_metrics(device, as_stream(stream), specs, static_cast<const double*>(tv.data),
+                         static_cast<double*>(ov.data), p);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "rankscope's CUDA engine (cuSOLVER, cuBLAS and rankscope's kernels). Use the rankscope package.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const TypeMismatch& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const LinAlgError& e) {
+      py::object cls = py::module_::import("rankscope._errors").attr("LinAlgError");
+      PyErr_SetString(cls.ptr(), e.what());
+    } catch (const cuda::CudaError& e) {
+      py::object cls = py::module_::import("rankscope._errors").attr("CudaError");
+      PyErr_SetString(cls.ptr(), e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "out of GPU memory for rankscope's workspace "
+                                         "(set RANKSCOPE_CUDA_WORKSPACE_MB to use less)");
+    }
+  });
+
+  m.def("svdvals", &svdvals_batch, py::arg("x"), py::arg("out"), py::arg("method"), py::arg("stream"), py::arg("sync"),
+        "Singular values of a (..., m, n) device batch into out (..., min(m, n)), queued on `stream`. With "
+        "sync=True waits for the stream and returns the per-matrix status (0 ok, 1 NaN/Inf input, 2 no "
+        "convergence); with sync=False returns None at once.");
+  m.def("svdvals_list", &svdvals_list, py::arg("xs"), py::arg("outs"), py::arg("method"), py::arg("stream"),
+        py::arg("sync"), "Singular values of a list of 2-D device matrices into a list of 1-D outputs.");
+  m.def("spectrum_metrics", &spectrum_metrics, py::arg("s"), py::arg("tol"), py::arg("out"), py::arg("tau"),
+        py::arg("rankme_eps"), py::arg("erank_on_s2"), py::arg("weak_threshold"), py::arg("stream"),
+        "Every metric of each device spectrum (descending) into the device array out (rows, NUM_METRICS).");
+  m.def("device_count", &cuda::device_count, "Usable CUDA devices (0 without a driver or GPU).");
+  m.def("no_device_reason", &cuda::no_device_reason);
+  m.def("device_name", [](int d) {
+    require_gpu();
+    return cuda::device_name(d);
+  });
+  m.def("route", [](const std::string& dtype, int64_t mm, int64_t n, const std::string& method, int64_t count,
+                    int sm_count) {
+    return std::string(cuda::route_name(cuda::choose_route(parse_dtype(dtype), mm, n, count, parse_method(method), sm_count)));
+  }, py::arg("dtype"), py::arg("m"), py::arg("n"), py::arg("method") = "auto", py::arg("count") = 1,
+        py::arg("sm_count") = 132, "The route svdvals takes for `count` matrices of this dtype and shape.");
+  m.attr("SMALL_MAX_K") = cuda::kSmallMaxK;
+}
