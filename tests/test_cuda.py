@@ -8,12 +8,10 @@ import threading
 
 import numpy as np
 import pytest
-import torch
-
 import rankscope as rs
-from rankscope._backend import cuda_available, cuda_built, cuda_error, cuda_module
-
+import torch
 from conftest import EPS64, engineered, ref_svdvals, stored64, sv_tolerance
+from rankscope._backend import cuda_available, cuda_built, cuda_error, cuda_module
 
 needs_gpu = pytest.mark.skipif(
     not (cuda_available() and torch.cuda.is_available()),

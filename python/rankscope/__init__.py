@@ -5,6 +5,10 @@ nested lists, or a list of 2-D matrices of different shapes, and return results 
 framework. Metrics on precomputed singular values live in :mod:`rankscope.metrics`.
 """
 
+# _backend first: it loads OpenBLAS (and the CUDA libraries) before any extension module.
+from ._backend import _core, build_info
+
+# isort: split
 from . import metrics
 from ._api import (
     condition_number,
@@ -23,12 +27,12 @@ from ._api import (
     svdvals,
     weak_rank_loss,
 )
-from ._backend import _core, build_info
-from ._errors import LinAlgError
+from ._errors import CudaError, LinAlgError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CudaError",
     "LinAlgError",
     "build_info",
     "condition_number",
