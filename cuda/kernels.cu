@@ -262,8 +262,13 @@ constexpr size_t small_smem_bytes() {
   return size_t(g + 2 * K + 4) * sizeof(double);
 }
 
+// Blocks per SM the register budget is capped for: at K = 64 the compiler's choice (96 registers)
+// allowed 2 blocks of 256 threads per SM while shared memory allows 6 (H100 profile, 2026-11-23).
+template <int K>
+constexpr int small_min_blocks() { return K == 64 ? 3 : 1; }
+
 template <class T, int K, int NT>
-__global__ void __launch_bounds__(NT) small_gram_tridiag_kernel(MatrixSet s, int64_t b0, int64_t nb, double* d,
+__global__ void __launch_bounds__(NT, small_min_blocks<K>()) small_gram_tridiag_kernel(MatrixSet s, int64_t b0, int64_t nb, double* d,
                                                                 double* e, double* scale_out, int8_t* status) {
   extern __shared__ double smem[];
   constexpr int LD = K + 1, TL = small_tile_rows<K>(), GT = NT == 256 ? 16 : 8, R = K / GT;
@@ -505,29 +510,35 @@ __device__ bool dsterf(int n, double* D, double* E, int64_t ld) {
 #undef RS_E
 }
 
+// One thread per matrix; each thread's d and e are staged in shared memory (column threadIdx.x,
+// stride blockDim.x), where dsterf's serial loop finds them at shared-memory latency.
 __global__ void tridiag_svals_kernel(MatrixSet s, int64_t b0, int64_t nb, int k, double* d, double* e,
                                      const double* scale, int8_t* status) {
+  extern __shared__ double sh[];
   const int64_t bl = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (bl >= nb) return;
+  const int bd = blockDim.x;
+  double* D = sh + threadIdx.x;
+  double* E = sh + int64_t(k) * bd + threadIdx.x;
+  for (int i = 0; i < k; ++i) {
+    D[i * bd] = d[int64_t(i) * nb + bl];
+    E[i * bd] = e[int64_t(i) * nb + bl];
+  }
   const Mat mt = locate(s, b0 + bl, 0);
-  double* D = d + bl;
   const int8_t st = status[mt.index];
-  const bool ok = st == 0 && dsterf(k, D, e + bl, nb);
+  const bool ok = st == 0 && dsterf(k, D, E, bd);
   // descending insertion sort
   for (int i = 1; i < k; ++i) {
-    const double x = D[int64_t(i) * nb];
+    const double x = D[i * bd];
     int j = i - 1;
-    while (j >= 0 && D[int64_t(j) * nb] < x) {
-      D[int64_t(j + 1) * nb] = D[int64_t(j) * nb];
+    while (j >= 0 && D[j * bd] < x) {
+      D[(j + 1) * bd] = D[j * bd];
       --j;
     }
-    D[int64_t(j + 1) * nb] = x;
+    D[(j + 1) * bd] = x;
   }
   const double inv = 1.0 / (scale ? scale[bl] : 1.0);
-  for (int i = 0; i < k; ++i) {
-    const double lam = D[int64_t(i) * nb];
-    store_out(mt, s.otype, i, ok ? sqrt(fmax(lam, 0.0)) * inv : CUDART_NAN);
-  }
+  for (int i = 0; i < k; ++i) store_out(mt, s.otype, i, ok ? sqrt(fmax(D[i * bd], 0.0)) * inv : CUDART_NAN);
   if (st == 0 && !ok) status[mt.index] = 2;
 }
 
@@ -619,7 +630,12 @@ void launch_gram_tridiag(const double* g, int k, int64_t nb, double* d, double* 
 
 void launch_tridiag_svals(const MatrixSet& s, int64_t b0, int64_t nb, double* d, double* e, const double* scale,
                           int8_t* status, cudaStream_t stream) {
-  tridiag_svals_kernel<<<blocks_for(nb, 64), 64, 0, stream>>>(s, b0, nb, int(s.k()), d, e, scale, status);
+  constexpr int kThreads = 32;
+  const size_t smem = size_t(2) * s.k() * kThreads * sizeof(double);  // ≤ 64 KiB (k ≤ kSmallMaxK)
+  if (smem > 48 * 1024)
+    RS_CUDA_CHECK(cudaFuncSetAttribute(tridiag_svals_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  tridiag_svals_kernel<<<blocks_for(nb, kThreads), kThreads, smem, stream>>>(s, b0, nb, int(s.k()), d, e, scale,
+                                                                             status);
   RS_CUDA_LAUNCH_CHECK();
 }
 
