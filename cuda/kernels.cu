@@ -265,7 +265,7 @@ constexpr size_t small_smem_bytes() {
 // Blocks per SM the register budget is capped for: at K = 64 the compiler's choice (96 registers)
 // allowed 2 blocks of 256 threads per SM while shared memory allows 6 (H100 profile, 2026-11-23).
 template <int K>
-constexpr int small_min_blocks() { return K == 64 ? 3 : 1; }
+constexpr int small_min_blocks() { return K == 64 ? 4 : 1; }
 
 template <class T, int K, int NT>
 __global__ void __launch_bounds__(NT, small_min_blocks<K>()) small_gram_tridiag_kernel(MatrixSet s, int64_t b0, int64_t nb, double* d,
@@ -488,13 +488,25 @@ __device__ bool dsterf(int n, double* D, double* E, int64_t ld) {
       for (int i = mm - 1; i >= l; --i) {
         const double bb = RS_E(i), r = p + bb;
         if (i != mm - 1) RS_E(i + 1) = s * r;
-        const double oldc = c;
-        c = p / r;
-        s = bb / r;
-        const double oldgam = gamma, alpha = RS_D(i);
-        gamma = c * (alpha - sigma) - s * oldgam;
+        const double oldc = c, oldgam = gamma, alpha = RS_D(i), am = alpha - sigma;
+        // One division instead of dsterf's three (a float64 division is a long dependent sequence
+        // here): with q = r p and h = p·am − bb·gamma, c = p²/q, s = bb p/q, gamma' = h p/q and
+        // p' = h²/q. Used while q, 1/q and p' are in a range where this is as accurate (the block
+        // norm is ~1); otherwise dsterf's own formulas (p = 0 included).
+        const double q = r * p, qi = 1.0 / q, h = p * am - bb * oldgam, pn = (h * h) * qi;
+        if ((q + qi) + pn <= 0x1p900) {
+          const double rinv = p * qi;
+          c = p * rinv;
+          s = bb * rinv;
+          gamma = h * rinv;
+          p = pn;
+        } else {
+          c = p / r;
+          s = bb / r;
+          gamma = c * am - s * oldgam;
+          p = c != 0.0 ? (gamma * gamma) / c : oldc * bb;
+        }
         RS_D(i + 1) = oldgam + (alpha - gamma);
-        p = c != 0.0 ? (gamma * gamma) / c : oldc * bb;
       }
       RS_E(l) = s * p;
       RS_D(l) = sigma + gamma;
