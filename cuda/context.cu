@@ -158,12 +158,12 @@ StreamContext& stream_context(int device, cudaStream_t stream) {
   return *slot;
 }
 
-size_t workspace_budget(int device) {
+size_t workspace_budget(size_t want) {
   if (const char* env = std::getenv("RANKSCOPE_CUDA_WORKSPACE_MB")) {
     const long long mb = std::atoll(env);
     if (mb > 0) return static_cast<size_t>(mb) << 20;
   }
-  (void)device;
+  if (want <= (size_t(256) << 20)) return want;
   size_t free_b = 0, total_b = 0;
   RS_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   return free_b / 2;

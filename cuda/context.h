@@ -89,8 +89,9 @@ struct StreamContext {
 /// The context of (device, stream). Thread-safe; the device must be current (DeviceGuard).
 StreamContext& stream_context(int device, cudaStream_t stream);
 
-/// Bytes of device memory one call may use for its workspace: half of what is free now, or
-/// RANKSCOPE_CUDA_WORKSPACE_MB when set.
-size_t workspace_budget(int device);
+/// Bytes of device memory one call may use for its workspace: RANKSCOPE_CUDA_WORKSPACE_MB when set,
+/// else `want` itself when it is at most 256 MiB (no query: cudaMemGetInfo costs tens of µs, as much as
+/// a whole small call), else half of what is free now.
+size_t workspace_budget(size_t want);
 
 }  // namespace rankscope::cuda

@@ -41,7 +41,8 @@ int checked_int(int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-int64_t chunk_size(int64_t count, size_t per_matrix, size_t budget, int64_t cap) {
+int64_t chunk_size(int64_t count, size_t per_matrix, int64_t cap) {
+  const size_t budget = workspace_budget(per_matrix * size_t(count));
   int64_t nb = per_matrix ? int64_t(budget / per_matrix) : count;
   nb = std::max<int64_t>(1, std::min<int64_t>({nb, count, cap}));
   return nb;
@@ -56,9 +57,9 @@ double* scales_for(const MatrixSet& s, int64_t b0, int64_t nb, DeviceBuffer& buf
   return buf.as<double>();
 }
 
-void run_small(StreamContext&, const MatrixSet& s, const Call& c, size_t budget) {
+void run_small(StreamContext&, const MatrixSet& s, const Call& c) {
   const int64_t k = s.k();
-  const int64_t nb_max = chunk_size(s.count, (2 * k + 1) * sizeof(double), budget, INT_MAX);
+  const int64_t nb_max = chunk_size(s.count, (2 * k + 1) * sizeof(double), INT_MAX);
   for (int64_t b0 = 0; b0 < s.count; b0 += nb_max) {
     const int64_t nb = std::min(nb_max, s.count - b0);
     DeviceBuffer d(nb * k * sizeof(double), c.device, c.stream), e(nb * k * sizeof(double), c.device, c.stream),
@@ -80,7 +81,7 @@ void gram_f64(StreamContext& ctx, const double* cbuf, int64_t L, int64_t k, int6
   }
 }
 
-void run_gram(StreamContext& ctx, const MatrixSet& s, const Call& c, size_t budget, bool syev) {
+void run_gram(StreamContext& ctx, const MatrixSet& s, const Call& c, bool syev) {
   const int64_t k = s.k(), L = s.L();
   size_t per = sizeof(double) * (L * k + k * k + 2 * k + 1) + sizeof(int);
   size_t ws_one = 0, host_ws = 0;
@@ -92,7 +93,7 @@ void run_gram(StreamContext& ctx, const MatrixSet& s, const Call& c, size_t budg
   }
   // XsyevBatched: n · lda · batch must fit in 32 bits.
   const int64_t cap = syev ? std::max<int64_t>(1, INT_MAX / (k * k)) : INT_MAX;
-  const int64_t nb_max = chunk_size(s.count, per, budget, cap);
+  const int64_t nb_max = chunk_size(s.count, per, cap);
   for (int64_t b0 = 0; b0 < s.count; b0 += nb_max) {
     const int64_t nb = std::min(nb_max, s.count - b0);
     DeviceBuffer scb;
@@ -123,12 +124,12 @@ void run_gram(StreamContext& ctx, const MatrixSet& s, const Call& c, size_t budg
   }
 }
 
-void run_exact(StreamContext& ctx, const MatrixSet& s, const Call& c, size_t budget, bool jacobi) {
+void run_exact(StreamContext& ctx, const MatrixSet& s, const Call& c, bool jacobi) {
   const int64_t k = s.k(), L = s.L();
   const int ki = checked_int(k, "min(m, n)"), li = checked_int(L, "max(m, n)");
   size_t per = sizeof(double) * (L * k + 2 * k + 1) + sizeof(int);
   if (jacobi) per += sizeof(double) * (L * L + k * k);
-  const int64_t nb_max = chunk_size(s.count, per, budget, jacobi ? INT_MAX : 4096);
+  const int64_t nb_max = chunk_size(s.count, per, jacobi ? INT_MAX : 4096);
   size_t ws = 0, hws = 0;
   int lwork = 0;
   if (!jacobi) {
@@ -170,13 +171,12 @@ void run_exact(StreamContext& ctx, const MatrixSet& s, const Call& c, size_t bud
 
 void run_set(StreamContext& ctx, const MatrixSet& s, const Call& c) {
   if (s.count == 0 || s.k() == 0) return;
-  const size_t budget = workspace_budget(c.device);
   switch (choose_route(s.dtype, s.m, s.n, s.count, c.method, ctx.sm_count)) {
-    case Route::SmallGram: run_small(ctx, s, c, budget); break;
-    case Route::Gram: run_gram(ctx, s, c, budget, false); break;
-    case Route::GramSyev: run_gram(ctx, s, c, budget, true); break;
-    case Route::ExactJacobi: run_exact(ctx, s, c, budget, true); break;
-    case Route::ExactGesvd: run_exact(ctx, s, c, budget, false); break;
+    case Route::SmallGram: run_small(ctx, s, c); break;
+    case Route::Gram: run_gram(ctx, s, c, false); break;
+    case Route::GramSyev: run_gram(ctx, s, c, true); break;
+    case Route::ExactJacobi: run_exact(ctx, s, c, true); break;
+    case Route::ExactGesvd: run_exact(ctx, s, c, false); break;
   }
 }
 
