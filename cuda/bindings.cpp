@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/common.h"
 #include "bindings/dlpack.h"
 #include "context.h"
 #include "cuda_check.h"
@@ -20,23 +21,10 @@ namespace py = pybind11;
 using namespace rankscope;
 using bindings::ImportedArray;
 using bindings::import_array;
+using bindings::parse_dtype;
+using bindings::parse_method;
 
 namespace {
-
-Method parse_method(const std::string& m) {
-  if (m == "auto") return Method::Auto;
-  if (m == "exact") return Method::Exact;
-  if (m == "gram") return Method::Gram;
-  RS_FAIL(InvalidArgument, "method must be 'auto', 'exact' or 'gram', got '", m, "'");
-}
-
-DType parse_dtype(const std::string& d) {
-  if (d == "float64") return DType::F64;
-  if (d == "float32") return DType::F32;
-  if (d == "float16") return DType::F16;
-  if (d == "bfloat16") return DType::BF16;
-  RS_FAIL(InvalidArgument, "unknown dtype ", d);
-}
 
 void require_gpu() {
   RS_CHECK(cuda::device_count() > 0, InvalidArgument,
@@ -235,16 +223,11 @@ void spectrum_metrics(py::handle s, py::handle tol, py::handle out, double tau, 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "rankscope's CUDA engine (cuSOLVER, cuBLAS and rankscope's kernels). Use the rankscope package.";
 
+  bindings::register_core_translator();
+  // Registered last, so tried first (pybind11 runs translators newest first); others fall through.
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
-    } catch (const TypeMismatch& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    } catch (const InvalidArgument& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const LinAlgError& e) {
-      py::object cls = py::module_::import("rankscope._errors").attr("LinAlgError");
-      PyErr_SetString(cls.ptr(), e.what());
     } catch (const cuda::CudaError& e) {
       py::object cls = py::module_::import("rankscope._errors").attr("CudaError");
       PyErr_SetString(cls.ptr(), e.what());

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/common.h"
 #include "bindings/dlpack.h"
 #include "core/thread_pool.h"
 #include "kernels/compact.h"
@@ -20,15 +21,10 @@ namespace py = pybind11;
 using namespace rankscope;
 using bindings::ImportedArray;
 using bindings::import_array;
+using bindings::parse_dtype;
+using bindings::parse_method;
 
 namespace {
-
-Method parse_method(const std::string& m) {
-  if (m == "auto") return Method::Auto;
-  if (m == "exact") return Method::Exact;
-  if (m == "gram") return Method::Gram;
-  RS_FAIL(InvalidArgument, "method must be 'auto', 'exact' or 'gram', got '", m, "'");
-}
 
 void require_cpu(const ArrayView& v, const char* what) {
   RS_CHECK(v.device == DeviceType::CPU, InvalidArgument, what,
@@ -220,18 +216,7 @@ void spectrum_metrics(py::handle s, py::array_t<double, py::array::c_style> tol,
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rankscope's compiled CPU engine (LAPACK from scipy-openblas32). Use the rankscope package.";
 
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const TypeMismatch& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    } catch (const InvalidArgument& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const LinAlgError& e) {
-      py::object cls = py::module_::import("rankscope._errors").attr("LinAlgError");
-      PyErr_SetString(cls.ptr(), e.what());
-    }
-  });
+  bindings::register_core_translator();
 
   m.def("svdvals", &svdvals_batch, py::arg("x"), py::arg("out"), py::arg("method"),
         "Singular values of a (..., m, n) batch into out (..., min(m, n)); returns per-matrix status "
@@ -245,10 +230,7 @@ PYBIND11_MODULE(_core, m) {
     return std::vector<std::string>(metrics::kColumnNames, metrics::kColumnNames + metrics::kNumColumns);
   });
   m.def("route", [](const std::string& dtype, int64_t mm, int64_t n, const std::string& method) {
-    DType t = dtype == "float64" ? DType::F64 : dtype == "float32" ? DType::F32
-              : dtype == "float16" ? DType::F16 : dtype == "bfloat16" ? DType::BF16
-              : throw InvalidArgument("unknown dtype " + dtype);
-    return std::string(route_name(t, mm, n, parse_method(method)));
+    return std::string(route_name(parse_dtype(dtype), mm, n, parse_method(method)));
   }, py::arg("dtype"), py::arg("m"), py::arg("n"), py::arg("method") = "auto",
         "The route svdvals takes for one matrix of this dtype and shape.");
   m.def("describe", [](py::handle x) {
