@@ -15,6 +15,7 @@
 #include "cuda_check.h"
 #include "engine.h"
 #include "metrics.h"
+#include "staging.h"
 #include "rankscope/errors.h"
 
 namespace py = pybind11;
@@ -218,6 +219,34 @@ void spectrum_metrics(py::handle s, py::handle tol, py::handle out, double tau, 
                          static_cast<double*>(ov.data), p);
 }
 
+int checked_device(int device) {
+  require_gpu();
+  RS_CHECK(device >= 0 && device < cuda::device_count(), InvalidArgument, "cuda:", device, " does not exist (",
+           cuda::device_count(), " devices)");
+  return device;
+}
+
+// HostStager.load: x is any host array (numpy, torch CPU, DLPack) of the stager's dtype.
+void stager_load(cuda::HostStager& st, int slot, py::handle x, int64_t b0, int64_t b1, bool transposed, int64_t at) {
+  ImportedArray xa = import_array(x, "x", false);
+  RS_CHECK(xa.view.device == DeviceType::CPU, InvalidArgument, "x must be in host memory to be staged");
+  py::gil_scoped_release nogil;
+  st.load(slot, xa.view, b0, b1, transposed, at);
+}
+
+// HostStager.wait: copies of the slot's values (nb, k) and status bytes (nb,).
+py::tuple stager_wait(cuda::HostStager& st, int slot) {
+  {
+    py::gil_scoped_release nogil;
+    st.wait(slot);
+  }
+  const auto nb = py::ssize_t(st.submitted(slot)), k = py::ssize_t(std::min(st.rows(), st.cols()));
+  py::array values = st.otype() == DType::F64
+                         ? py::array(py::array_t<double>({nb, k}, static_cast<const double*>(st.values(slot))))
+                         : py::array(py::array_t<float>({nb, k}, static_cast<const float*>(st.values(slot))));
+  return py::make_tuple(values, py::array_t<int8_t>(nb, st.status(slot)));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -246,6 +275,25 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("spectrum_metrics", &spectrum_metrics, py::arg("s"), py::arg("tol"), py::arg("out"), py::arg("tau"),
         py::arg("rankme_eps"), py::arg("erank_on_s2"), py::arg("weak_threshold"), py::arg("stream"),
         "Every metric of each device spectrum (descending) into the device array out (rows, NUM_METRICS).");
+  py::class_<cuda::HostStager>(m, "HostStager",
+                               "Two pinned staging slots for host batches computed on the GPU (cuda/staging.h); "
+                               "driven by rankscope._streaming.")
+      .def(py::init([](int device, const std::string& dtype, int64_t rows, int64_t cols, const std::string& otype,
+                       int64_t chunk) {
+             return std::make_unique<cuda::HostStager>(checked_device(device), parse_dtype(dtype), rows, cols,
+                                                       parse_dtype(otype), chunk);
+           }),
+           py::arg("device"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("otype"), py::arg("chunk"))
+      .def_property_readonly("chunk", &cuda::HostStager::chunk)
+      .def("load", &stager_load, py::arg("slot"), py::arg("x"), py::arg("b0"), py::arg("b1"), py::arg("transposed"),
+           py::arg("at") = 0, "Copies matrices b0 .. b1 of host array x into the slot from its matrix `at` on.")
+      .def("submit", [](cuda::HostStager& st, int slot, int64_t nb, const std::string& method) {
+             const Method meth = parse_method(method);
+             py::gil_scoped_release nogil;
+             st.submit(slot, nb, meth);
+           }, py::arg("slot"), py::arg("nb"), py::arg("method"),
+           "Queues upload, singular values and download of the slot's first nb matrices; returns at once.")
+      .def("wait", &stager_wait, py::arg("slot"), "Waits for the slot; returns copies of (values, status).");
   m.def("device_count", &cuda::device_count, "Usable CUDA devices (0 without a driver or GPU).");
   m.def("no_device_reason", &cuda::no_device_reason);
   m.def("device_name", [](int d) {

@@ -192,13 +192,20 @@ void finish(StreamContext& ctx, const DeviceBuffer& d_status, int64_t count, boo
 
 }  // namespace
 
-void svdvals_batch(int device, cudaStream_t stream, const MatrixSet& set, Method method, bool sync, int8_t* status) {
+void queue_batch(int device, cudaStream_t stream, const MatrixSet& set, Method method, int8_t* d_status) {
   DeviceGuard guard(device);
   StreamContext& ctx = stream_context(device, stream);
   std::lock_guard<std::mutex> lock(ctx.mutex);
+  if (set.count > 0) RS_CUDA_CHECK(cudaMemsetAsync(d_status, 0, size_t(set.count), stream));
+  run_set(ctx, set, Call{device, stream, method, d_status});
+}
+
+void svdvals_batch(int device, cudaStream_t stream, const MatrixSet& set, Method method, bool sync, int8_t* status) {
+  DeviceGuard guard(device);
   DeviceBuffer d_status(size_t(std::max<int64_t>(set.count, 1)), device, stream);
-  RS_CUDA_CHECK(cudaMemsetAsync(d_status.as<void>(), 0, size_t(std::max<int64_t>(set.count, 1)), stream));
-  run_set(ctx, set, Call{device, stream, method, d_status.as<int8_t>()});
+  queue_batch(device, stream, set, method, d_status.as<int8_t>());
+  StreamContext& ctx = stream_context(device, stream);
+  std::lock_guard<std::mutex> lock(ctx.mutex);
   finish(ctx, d_status, set.count, sync, status);
 }
 

@@ -35,6 +35,11 @@ struct Call {
 /// (count bytes) is filled when `sync` is true; otherwise the call returns without waiting.
 void svdvals_batch(int device, cudaStream_t stream, const MatrixSet& set, Method method, bool sync, int8_t* status);
 
+/// Queues the singular values of a regular batch on `stream` (whose context the caller may not hold
+/// locked) and writes each matrix's status byte to device memory `d_status` (count bytes, zeroed
+/// here). Returns at once.
+void queue_batch(int device, cudaStream_t stream, const MatrixSet& set, Method method, int8_t* d_status);
+
 /// The same for a list of matrices of any shapes (all on `device`); outputs are 1-D of length min(m, n).
 void svdvals_list(int device, cudaStream_t stream, const std::vector<MatrixRef>& in,
                   const std::vector<VectorOut>& out, Method method, bool sync, int8_t* status);

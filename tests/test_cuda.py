@@ -221,6 +221,62 @@ def test_gpu_host_input_with_device(rng):
 
 @needs_gpu
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize(("m", "n", "per_slot"), [(64, 64, 7), (33, 20, 1), (20, 33, 1000), (300, 130, 3)])
+def test_gpu_streamed_host_batches(rng, monkeypatch, dtype, m, n, per_slot):
+    """Host batches through HostStager in several chunks, for row-major and column-major (staged
+    transposed) inputs; up to k = 128 bitwise the values of the same batch on the device."""
+    count = 23
+    a = np.stack([engineered(rng, m, n, "logspace") for _ in range(count)])
+    x = torch.from_numpy(a).to(TORCH_DTYPES[dtype])
+    monkeypatch.setenv("RANKSCOPE_CUDA_STAGING_MB", repr(per_slot * m * n * x.element_size() / 2**20))
+    got = rs.svdvals(x, device="cuda")
+    assert got.device.type == "cpu" and got.shape == (count, min(m, n))
+    if min(m, n) <= cuda_module().SMALL_MAX_K:  # our kernels: each matrix's values whatever the batch
+        assert torch.equal(got, rs.svdvals(x.cuda()).cpu())
+    check(got, x, gpu_route(dtype, m, n, "auto", min(count, per_slot)))
+    xt = x.transpose(-1, -2).contiguous().transpose(-1, -2)  # column-major: staged as n × m
+    check(rs.svdvals(xt, device="cuda"), xt, gpu_route(dtype, n, m, "auto", min(count, per_slot)))
+
+
+@needs_gpu
+@pytest.mark.cuda
+def test_gpu_streamed_numpy_ragged_nan_threads(rng, monkeypatch):
+    monkeypatch.setenv("RANKSCOPE_CUDA_STAGING_MB", "0.01")
+    mats = [engineered(rng, m, n, "gaussian") for m, n in [(9, 4), (40, 40), (4, 9), (9, 4), (1, 1), (0, 3)]]
+    got = rs.svdvals(mats, device="cuda")
+    for g, a in zip(got, mats):
+        assert isinstance(g, np.ndarray) and g.dtype == np.float64
+        check(torch.from_numpy(g), a, "exact-gesvd" if min(a.shape) > 32 else "exact-gesvdj")
+    x = np.stack([engineered(rng, 16, 16, "gaussian") for _ in range(50)]).astype(np.float32)
+    x[31, 2, 2] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or Inf \(matrix at batch index \(31,\)"):
+        rs.svdvals(x, device="cuda")
+    v = rs.svdvals(x, device="cuda", check_finite=False)
+    assert np.isnan(v[31]).all() and np.isfinite(np.delete(v, 31, axis=0)).all()
+    report = rs.spectrum_report(np.delete(x, 31, axis=0), device="cuda:0")
+    np.testing.assert_allclose(report["sv_max"], rs.spectrum_report(np.delete(x, 31, axis=0))["sv_max"], rtol=1e-6)
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = rs.svdvals(np.delete(x, 31, axis=0) * (i + 1), device="cuda")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    base = rs.svdvals(np.delete(x, 31, axis=0))
+    for i, r in results.items():
+        np.testing.assert_allclose(r, base * (i + 1), rtol=1e-5, atol=1e-6 * (i + 1))
+
+
+@needs_gpu
+@pytest.mark.cuda
 def test_gpu_cupy(rng):
     cp = pytest.importorskip("cupy")
     a = cp.asarray(rng.standard_normal((7, 30, 20)), dtype=cp.float32)

@@ -10,6 +10,7 @@
 
 #include "bindings/common.h"
 #include "bindings/dlpack.h"
+#include "core/gather.h"
 #include "core/thread_pool.h"
 #include "kernels/compact.h"
 #include "lapack/lapack.h"
@@ -211,6 +212,27 @@ void spectrum_metrics(py::handle s, py::array_t<double, py::array::c_style> tol,
   run_metrics(specs, tp, op, p, sort);
 }
 
+// Test hook for the GPU's host staging (cuda/staging.h): matrices b0 .. b1 of x into the C-contiguous
+// (b1 - b0, m, n) array `out` of x's dtype ((b1 - b0, n, m) when transposed).
+void gather(py::handle x, int64_t b0, int64_t b1, bool transposed, py::handle out) {
+  ImportedArray xa = import_array(x, "x", false), oa = import_array(out, "out", true);
+  const ArrayView &xv = xa.view, &ov = oa.view;
+  require_cpu(xv, "x");
+  require_cpu(ov, "out");
+  RS_CHECK(xv.ndim() >= 2, InvalidArgument, "x must have at least 2 dimensions (..., m, n), got ", xv.ndim());
+  const int64_t m = xv.shape[xv.ndim() - 2], n = xv.shape[xv.ndim() - 1];
+  const int64_t rows = transposed ? n : m, cols = transposed ? m : n;
+  const bool empty = b1 <= b0 || rows == 0 || cols == 0;  // no strides to check: nothing is written
+  RS_CHECK(ov.dtype == xv.dtype && ov.ndim() == 3 && ov.shape[0] == b1 - b0 && ov.shape[1] == rows &&
+               ov.shape[2] == cols &&
+               (empty || (ov.strides[2] == 1 && (rows == 1 || ov.strides[1] == cols) &&
+                          (b1 - b0 == 1 || ov.strides[0] == rows * cols))),
+           InvalidArgument, "out must be a C-contiguous ", dtype_name(xv.dtype), " array of shape (", b1 - b0, ", ",
+           rows, ", ", cols, ")");
+  py::gil_scoped_release nogil;
+  gather_matrices(xv, b0, b1, transposed, ov.data);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -238,6 +260,12 @@ PYBIND11_MODULE(_core, m) {
     const char* dev = a.view.device == DeviceType::CPU ? "cpu" : a.view.device == DeviceType::CUDA ? "cuda" : "other";
     return py::make_tuple(py::tuple(py::cast(a.view.shape)), dtype_name(a.view.dtype), dev);
   }, py::arg("x"), "(shape, dtype name, device kind) of an array as the core imports it.");
+  m.def("prefers_transposed", [](py::handle x) {
+    ImportedArray a = import_array(x, "x", false);
+    return prefers_transposed(a.view);
+  }, py::arg("x"), "Whether x's matrices are stored closer to column-major (staged as their transposes).");
+  m.def("_gather_matrices", &gather, py::arg("x"), py::arg("b0"), py::arg("b1"), py::arg("transposed"),
+        py::arg("out"), "Copies matrices b0 .. b1 of x into a contiguous array (the GPU staging copy; for tests).");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &num_threads);
   m.def("available_cpus", &available_cpus);

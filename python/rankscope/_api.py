@@ -7,18 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, metrics
+from . import _core, _streaming, metrics
 from ._arrays import (
     Prepared,
     empty,
     finish,
+    host_view,
     is_ragged,
     normalize_dtype,
+    parse_device,
     prepare,
     prepare_matrices,
     to_framework,
 )
-from ._backend import cuda_error, cuda_module
+from ._backend import cuda_module
 
 
 def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
@@ -47,11 +49,13 @@ def _regular(x: Any) -> Prepared:
     return p
 
 
-def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool):
-    """Singular values of a regular batch or a ragged list, on the host or on the inputs' GPU.
+def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool, device: int | None = None):
+    """Singular values of a regular batch or a ragged list, on the host or on a GPU.
 
-    Returns (values, like): values in the caller's framework (host=False), or for the metrics host
-    numpy (host=True; device spectra stay on the device), `like` the Prepared input(s).
+    Device inputs are computed on their own GPU, on the caller's current stream; host inputs on the
+    host, or on GPU `device` (streamed through pinned staging buffers, see _streaming) when it is not
+    None. Returns (values, like): values in the caller's framework (host=False), or for the metrics
+    host numpy (host=True; device spectra stay on the device), `like` the Prepared input(s).
     On the GPU the call waits for the caller's stream only when check_finite is true (to read each
     matrix's status); otherwise it returns as soon as the work is queued.
     """
@@ -65,6 +69,8 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool)
             outs.append(np.empty(k, dtype=dt) if host and not gpu else empty(p, (k,), dt))
         if gpu:
             status = cuda_module().svdvals_list([p.data for p in items], outs, method, items[0].stream(), check_finite)
+        elif device is not None:
+            status = _streaming.svdvals_list(items, [host_view(o) for o in outs], method, device)
         else:
             status = _core.svdvals_list([p.data for p in items], outs, method)
         _check_status(status, check_finite, lambda i: f"x[{i}]")
@@ -76,6 +82,9 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool)
     out = np.empty(shape, dtype=dt) if host and not p.on_cuda else empty(p, shape, dt)
     if p.on_cuda:
         status = cuda_module().svdvals(p.data, out, method, p.stream(), check_finite)
+    elif device is not None:
+        flat = host_view(out).reshape(-1, min(m, n))  # a view: out is freshly allocated, contiguous
+        status = _streaming.svdvals_batch(p, flat, method, device)
     else:
         status = _core.svdvals(p.data, out, method)
     _check_status(status, check_finite,
@@ -83,39 +92,8 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool)
     return out, p
 
 
-def _to_cuda(x: Any, device: str) -> tuple[Any, Any]:
-    """A copy of host input `x` on `device` (torch if it has CUDA, else CuPy) and a function that brings
-    a result back to the host in the caller's form."""
-    if is_ragged(x):
-        moved = [_to_cuda(e, device) for e in x]
-        return [m for m, _ in moved], lambda vs: [back(v) for (_, back), v in zip(moved, vs)]
-    p = prepare(x)
-    if p.on_cuda:
-        return p.data, lambda v: v
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        t = p.data if p.kind == "torch" else torch.from_dlpack(p.data) if p.dlpack_shape else torch.from_numpy(
-            np.ascontiguousarray(p.data))
-        moved = t.to(device, non_blocking=False)
-        if p.kind == "torch":
-            return moved, lambda v: v.cpu()
-        return moved, lambda v: v.cpu().numpy() if p.kind == "numpy" else v.cpu().tolist()
-    try:
-        import cupy
-    except ImportError:
-        raise ValueError(f"device={device!r} needs torch with CUDA or CuPy to copy the input to the GPU") from None
-    idx = int(device.partition(":")[2] or 0)
-    with cupy.cuda.Device(idx):
-        moved = cupy.asarray(np.asarray(p.data))
-    if p.kind == "torch":
-        return moved, lambda v: p.data.new_tensor(cupy.asnumpy(v))
-    return moved, lambda v: cupy.asnumpy(v) if p.kind == "numpy" else cupy.asnumpy(v).tolist()
-
-
 def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bool = True,
-            device: str | None = None) -> Any:
+            device: Any = None) -> Any:
     """Singular values of each matrix, descending: shape (..., min(m, n)).
 
     Parameters
@@ -134,10 +112,13 @@ def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bo
         others are unaffected. On the GPU, True waits for the caller's stream (to read each matrix's
         status); False queues the work and returns at once (matrices that fail to converge then get
         NaN without a warning).
-    device : "cuda", "cuda:N" or None
-        Where to compute host inputs: "cuda" copies them to the GPU (through torch or CuPy) and brings
-        the values back. Device inputs (torch CUDA tensors, CuPy arrays) are always computed on their
-        own device, on the caller's current stream, without a copy.
+    device : "cpu", "cuda", "cuda:N" or None
+        Where to compute host inputs (default: the host). "cuda" streams them through the GPU in
+        chunks (pinned staging buffers of RANKSCOPE_CUDA_STAGING_MB MiB, default 32, so the batch
+        need not fit in GPU memory; no torch or CuPy needed) and returns host values, as for the
+        host. "cuda" alone is torch's current device, or device 0. Device inputs (torch CUDA
+        tensors, CuPy arrays) are always computed on their own device, on the caller's current
+        stream, without a copy.
 
     Returns
     -------
@@ -145,23 +126,15 @@ def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bo
     nested lists in → lists out, a list of matrices → a list of 1-D results.
     """
     dt = normalize_dtype(dtype)
-    if device is not None and device != "cpu":
-        if not (device == "cuda" or device.startswith("cuda:")):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        reason = cuda_error()
-        if reason:
-            raise ValueError(f"device={device!r}: {reason}")
-        moved, back = _to_cuda(x, device)
-        return back(svdvals(moved, method=method, dtype=dtype, check_finite=check_finite))
-    values, like = _run(x, method, dt, check_finite, host=False)
+    values, like = _run(x, method, dt, check_finite, host=False, device=parse_device(device))
     if isinstance(like, list):
         return [finish(v, p) for v, p in zip(values, like)]
     return finish(values, like)
 
 
-def _spectra(x: Any, method: str, check_finite: bool) -> metrics.Spectra:
+def _spectra(x: Any, method: str, check_finite: bool, device: Any = None) -> metrics.Spectra:
     """float64 spectra (host) of matrices, with their shapes and stored dtypes, for the metrics."""
-    values, like = _run(x, method, "float64", check_finite, host=True)
+    values, like = _run(x, method, "float64", check_finite, host=True, device=parse_device(device))
     if isinstance(like, list):
         m = np.array([p.shape[0] for p in like], dtype=np.float64)
         n = np.array([p.shape[1] for p in like], dtype=np.float64)
@@ -182,12 +155,13 @@ def _spectra(x: Any, method: str, check_finite: bool) -> metrics.Spectra:
 _COMMON = """
     x : array_like (..., m, n) or list of 2-D arrays
         As for `svdvals`; the result has the batch shape (a scalar for one matrix), or is a list.
-    method, check_finite :
-        As for `svdvals`.
+    method, check_finite, device :
+        As for `svdvals` (device="cuda" computes the spectra of host inputs on the GPU; the metrics
+        are then computed on the host).
 """
 
 
-def matrix_rank(x, *, atol=None, rtol=None, policy="auto", method="auto", check_finite=True):
+def matrix_rank(x, *, atol=None, rtol=None, policy="auto", method="auto", check_finite=True, device=None):
     """Numerical rank: count(s > tol) with tol = max(atol, rtol · s₁), as int64.
 
     Parameters
@@ -199,22 +173,22 @@ def matrix_rank(x, *, atol=None, rtol=None, policy="auto", method="auto", check_
         float16/bfloat16 inputs, where numpy's rule would call any matrix wider than 128 (bfloat16) or
         1024 (float16) rank 0. eps is that of the dtype the data is stored in. See rankscope.metrics.
     """
-    return metrics.evaluate(_spectra(x, method, check_finite), ["matrix_rank"], policy=policy, atol=atol,
+    return metrics.evaluate(_spectra(x, method, check_finite, device), ["matrix_rank"], policy=policy, atol=atol,
                             rtol=rtol)["matrix_rank"]
 
 
-def rank_loss(x, *, atol=None, rtol=None, policy="auto", method="auto", check_finite=True):
+def rank_loss(x, *, atol=None, rtol=None, policy="auto", method="auto", check_finite=True, device=None):
     """min(m, n) − matrix_rank, as int64 (same tolerance arguments as `matrix_rank`).
 
     Parameters
     ----------""" + _COMMON
-    return metrics.evaluate(_spectra(x, method, check_finite), ["rank_loss"], policy=policy, atol=atol,
+    return metrics.evaluate(_spectra(x, method, check_finite, device), ["rank_loss"], policy=policy, atol=atol,
                             rtol=rtol)["rank_loss"]
 
 
 def _simple(name: str, doc: str):
-    def fn(x, *, method="auto", check_finite=True, **kw):
-        return metrics.evaluate(_spectra(x, method, check_finite), [name], **kw)[name]
+    def fn(x, *, method="auto", check_finite=True, device=None, **kw):
+        return metrics.evaluate(_spectra(x, method, check_finite, device), [name], **kw)[name]
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc + "\n\n    Parameters\n    ----------" + _COMMON
@@ -222,9 +196,9 @@ def _simple(name: str, doc: str):
     return fn
 
 
-def weak_rank_loss(x, *, threshold=1e-6, method="auto", check_finite=True):
+def weak_rank_loss(x, *, threshold=1e-6, method="auto", check_finite=True, device=None):
     """WeightWatcher's weak rank loss #{s² < threshold}, as int64."""
-    return metrics.evaluate(_spectra(x, method, check_finite), ["weak_rank_loss"],
+    return metrics.evaluate(_spectra(x, method, check_finite, device), ["weak_rank_loss"],
                             threshold=threshold)["weak_rank_loss"]
 
 
@@ -236,21 +210,21 @@ stable_rank = _simple("stable_rank", "‖W‖_F² / ‖W‖₂² = Σ s² / s₁
 nuclear_ratio = _simple("nuclear_ratio", "Σ s / s₁ (0 for the zero matrix).")
 
 
-def effective_rank(x, *, on="s", method="auto", check_finite=True):
+def effective_rank(x, *, on="s", method="auto", check_finite=True, device=None):
     """Roy & Vetterli's effective rank exp(H(p)), p = s/Σs (on="s", default) or s²/Σs² (on="s2").
 
     Zero matrix: 0.0."""
-    return metrics.evaluate(_spectra(x, method, check_finite), ["effective_rank"], on=on)["effective_rank"]
+    return metrics.evaluate(_spectra(x, method, check_finite, device), ["effective_rank"], on=on)["effective_rank"]
 
 
-def rankme(x, *, eps=1e-7, method="auto", check_finite=True):
+def rankme(x, *, eps=1e-7, method="auto", check_finite=True, device=None):
     """RankMe (Garrido et al. 2023) of raw, uncentred embeddings: exp(−Σ p ln p), p = s/‖s‖₁ + eps."""
-    return metrics.evaluate(_spectra(x, method, check_finite), ["rankme"], eps=eps)["rankme"]
+    return metrics.evaluate(_spectra(x, method, check_finite, device), ["rankme"], eps=eps)["rankme"]
 
 
-def energy_rank(x, *, tau=0.99, method="auto", check_finite=True):
+def energy_rank(x, *, tau=0.99, method="auto", check_finite=True, device=None):
     """Smallest r with Σ_{i≤r} s_i² ≥ tau · Σ s², as int64."""
-    return metrics.evaluate(_spectra(x, method, check_finite), ["energy_rank"], tau=tau)["energy_rank"]
+    return metrics.evaluate(_spectra(x, method, check_finite, device), ["energy_rank"], tau=tau)["energy_rank"]
 
 
 def participation_ratio(x, *, center=True, check_finite=True):
@@ -310,7 +284,7 @@ def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool):
     return xp.where(xp.isnan(tr), tr, pr)
 
 
-def spectrum_report(x, *, method="auto", check_finite=True, atol=None, rtol=None, policy="auto", tau=0.99,
+def spectrum_report(x, *, method="auto", check_finite=True, device=None, atol=None, rtol=None, policy="auto", tau=0.99,
                     eps=1e-7, on="s", threshold=1e-6) -> dict:
     """One spectrum pass, every metric: a dict name → result, each shaped like `matrix_rank`'s.
 
@@ -318,6 +292,6 @@ def spectrum_report(x, *, method="auto", check_finite=True, atol=None, rtol=None
     effective_rank, rankme, stable_rank, participation_ratio (of the uncentred spectrum: (Σs²)²/Σs⁴),
     nuclear_ratio, energy_rank and tol (the rank tolerance used). Options as for the single metrics.
     """
-    sp = _spectra(x, method, check_finite)
+    sp = _spectra(x, method, check_finite, device)
     return metrics.evaluate(sp, metrics.NAMES, policy=policy, atol=atol, rtol=rtol, tau=tau, eps=eps, on=on,
                             threshold=threshold)

@@ -51,6 +51,41 @@ def _cuda_or_raise(what: str, where: str):
     return cuda_module()
 
 
+def parse_device(device: Any) -> int | None:
+    """The CUDA device index that `device=` asks for (None for the host), or ValueError.
+
+    Accepts None, "cpu", "cuda" (torch's current device when torch has initialised CUDA, else 0),
+    "cuda:N", and torch.device objects.
+    """
+    if device is None:
+        return None
+    name = str(device)
+    if name == "cpu":
+        return None
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    from ._backend import cuda_error, cuda_module
+
+    reason = cuda_error()
+    if reason:
+        raise ValueError(f"device={name!r}: {reason}")
+    if index:
+        idx = int(index)
+    else:
+        torch = _torch()
+        idx = torch.cuda.current_device() if torch is not None and torch.cuda.is_initialized() else 0
+    count = cuda_module().device_count()
+    if idx >= count:
+        raise ValueError(f"device={name!r}: this machine has {count} CUDA device(s)")
+    return idx
+
+
+def host_view(out: Any) -> np.ndarray:
+    """A numpy view of a host output (numpy array or CPU torch tensor) for the core to fill."""
+    return out.numpy() if is_torch(out) else out
+
+
 @dataclass
 class Prepared:
     """A validated array: `data` is what the core reads (numpy array or torch tensor)."""
