@@ -105,16 +105,35 @@ py::object svdvals_batch(py::handle x, py::handle out, const std::string& method
     is.push_back(xv.strides[d]);
     os.push_back(ov.strides[d]);
   }
-  RS_CHECK(sh.size() <= size_t(cuda::kMaxBatchDims), InvalidArgument, "x has ", sh.size(),
-           " batch dimensions that cannot be merged; the CUDA backend takes at most ", cuda::kMaxBatchDims,
-           " (reshape x first)");
+  std::vector<int8_t> st(size_t(s.count), 0);
+  if (sh.size() > size_t(cuda::kMaxBatchDims)) {
+    // Too many strided dimensions for a kernel argument: one descriptor per matrix (the ragged path).
+    std::vector<MatrixRef> in(size_t(s.count));
+    std::vector<VectorOut> outs(size_t(s.count));
+    const int isz = itemsize(xv.dtype), osz = itemsize(ov.dtype);
+    for (int64_t b = 0; b < s.count; ++b) {
+      int64_t ioff = 0, ooff = 0, rest = b;
+      for (int d = nd - 1; d >= 0; --d) {
+        const int64_t i = rest % xv.shape[d];
+        rest /= xv.shape[d];
+        ioff += i * xv.strides[d];
+        ooff += i * ov.strides[d];
+      }
+      in[b] = {s.in + ioff * isz, xv.dtype, m, n, s.rs, s.cs};
+      outs[b] = {s.out + ooff * osz, ov.dtype, s.os};
+    }
+    {
+      py::gil_scoped_release nogil;
+      cuda::svdvals_list(device, as_stream(stream), in, outs, meth, sync, st.data());
+    }
+    return status_or_none(st, sync, batch);
+  }
   s.nd = int(sh.size());
   for (int d = 0; d < s.nd; ++d) {
     s.shape[d] = sh[d];
     s.istride[d] = is[d];
     s.ostride[d] = os[d];
   }
-  std::vector<int8_t> st(size_t(s.count), 0);
   {
     py::gil_scoped_release nogil;
     cuda::svdvals_batch(device, as_stream(stream), s, meth, sync, st.data());

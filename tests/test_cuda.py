@@ -109,6 +109,12 @@ def test_gpu_noncontiguous_and_ragged(rng):
     base = torch.from_numpy(rng.standard_normal((4, 70, 90))).float().cuda()
     for x in (base.transpose(-1, -2), base[:, ::2, 1::3], base[::2, :33, :31], base.permute(1, 2, 0)[..., :2].transpose(0, 2)):
         check(rs.svdvals(x), x.cpu(), gpu_route("float32", x.shape[-2], x.shape[-1], "auto", 2))
+    # 7 batch dimensions that cannot be merged (more than a kernel argument holds): one descriptor each
+    many = torch.from_numpy(rng.standard_normal((3, 4, 3, 4, 3, 4, 3, 6, 5))).float().cuda()
+    x = many[::2, ::3, ::2, ::3, ::2, ::3, ::2]
+    got = rs.svdvals(x)
+    assert got.shape == (2,) * 7 + (5,)
+    check(got, x.cpu(), gpu_route("float32", 6, 5, "auto", 128))
     mats = [torch.from_numpy(rng.standard_normal(s)).to(dt).cuda()
             for s, dt in [((5, 3), torch.float32), ((64, 64), torch.float64), ((3, 5), torch.float32),
                           ((200, 130), torch.float32), ((1, 1), torch.float16), ((0, 4), torch.float32)]]
