@@ -14,7 +14,7 @@
 
 namespace rankscope::cuda {
 
-enum class Route { SmallGram, Gram, GramSyev, ExactJacobi, ExactGesvd };
+enum class Route { TinyGram, SmallGram, Gram, GramSyev, ExactJacobi, ExactGesvd };
 
 /// Name of a route, as tests and benchmarks print it ("exact-..." routes compute in float64 directly).
 const char* route_name(Route r);

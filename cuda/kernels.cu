@@ -10,6 +10,7 @@
 #include <cfloat>
 
 #include "cuda_check.h"
+#include "kernels/tiny_gram.h"
 
 namespace rankscope::cuda {
 namespace {
@@ -381,6 +382,23 @@ __global__ void __launch_bounds__(NT) gram_tridiag_kernel(const double* g, int k
   tridiag_block<K, NT>(G, k, smem + K * LD, d, e, nb, bl);
 }
 
+// ---- tiny matrices: one thread each -----------------------------------------------------------------
+
+template <class T>
+__global__ void tiny_gram_kernel(MatrixSet s, int64_t b0, int64_t nb, int k, int64_t L, int8_t* status) {
+  const int64_t bl = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (bl >= nb) return;
+  const Mat mt = locate(s, b0 + bl, sizeof(T));
+  const bool tall = s.m >= s.n;
+  const int64_t rs = tall ? mt.rs : mt.cs, cs = tall ? mt.cs : mt.rs;
+  const char* in = mt.in;
+  const DType otype = s.otype;
+  auto at = [=](int64_t l, int i) { return load<T>(in, l * rs + i * cs); };
+  auto put = [=](int i, double v) { store_out(mt, otype, i, v); };
+  const int st = tiny::gram_svals_k(at, L, k, s.dtype == DType::F64, put);
+  if (st != 0) status[mt.index] = int8_t(st);
+}
+
 // ---- dsterf per thread -----------------------------------------------------------------------------
 
 // Eigenvalues of [[a, b], [b, c]] (LAPACK dlae2).
@@ -576,6 +594,15 @@ __global__ void write_values_kernel(MatrixSet s, int64_t b0, int64_t nb, int k, 
 int blocks_for(int64_t n, int per) { return int((n + per - 1) / per); }
 
 }  // namespace
+
+void launch_tiny_gram(const MatrixSet& s, int64_t b0, int64_t nb, int8_t* status, cudaStream_t stream) {
+  if (nb == 0) return;
+  constexpr int kThreads = 128;
+  RS_CUDA_DISPATCH(s.dtype, T,
+                   tiny_gram_kernel<T><<<blocks_for(nb, kThreads), kThreads, 0, stream>>>(s, b0, nb, int(s.k()), s.L(),
+                                                                                         status));
+  RS_CUDA_LAUNCH_CHECK();
+}
 
 void launch_absmax(const MatrixSet& s, int64_t b0, int64_t nb, double* amax, cudaStream_t stream) {
   RS_CUDA_CHECK(cudaMemsetAsync(amax, 0, nb * sizeof(double), stream));

@@ -58,6 +58,10 @@ void launch_unit_scale(double* amax_to_scale, int64_t nb, cudaStream_t stream);
 void launch_to_tall_f64(const MatrixSet& s, int64_t b0, int64_t nb, const double* scale, double* c,
                         int8_t* status, cudaStream_t stream);
 
+/// Tiny route (cpp/kernels/tiny_gram.h: k ≤ 4, L ≤ 64): float64 Gram and cyclic Jacobi in registers,
+/// one thread per matrix; writes values and non-zero status bytes of matrices b0 .. b0+nb.
+void launch_tiny_gram(const MatrixSet& s, int64_t b0, int64_t nb, int8_t* status, cudaStream_t stream);
+
 /// Fused small route: Gram CᵀC in float64, then Householder tridiagonalisation, one block per matrix
 /// with the Gram in shared memory. Writes diagonals d and off-diagonals e interleaved (d[i·nb + b]),
 /// the scale used (float64 inputs are scaled to unit size; others are not) and NaN/Inf status.

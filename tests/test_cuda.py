@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import rankscope as rs
 import torch
-from conftest import EPS64, engineered, ref_svdvals, stored64, sv_tolerance
+from conftest import EPS64, SPECTRA, engineered, ref_svdvals, stored64, sv_tolerance
+from rankscope import _core
 from rankscope._backend import cuda_available, cuda_built, cuda_error, cuda_module
 
 needs_gpu = pytest.mark.skipif(
@@ -43,6 +44,47 @@ def test_bad_device_name():
         rs.svdvals(np.eye(2), device="tpu")
 
 
+# ---- the GPU's per-matrix code, run on the host ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("kind", SPECTRA)
+def test_tiny_gram_route_on_host(rng, dtype, kind):
+    """cpp/kernels/tiny_gram.h (one thread per matrix on the GPU) against numpy float64, with the gram
+    route's tolerance: every k of the route, L from k to the route's limit, tall and wide, strided."""
+    for k in range(1, 5):
+        for L in sorted({k, k + 1, 9, 31, 64}):
+            a = engineered(rng, L, k, kind) * rng.uniform(0.1, 10)
+            x = torch.from_numpy(a).to(TORCH_DTYPES[dtype])
+            for view in (x, x.T, x.T.contiguous().T):
+                values, status = _core._tiny_gram_svals(view)
+                assert status == 0
+                ref = ref_svdvals(view)
+                tol = sv_tolerance("gram", *view.shape, ref, "float64")
+                err = np.abs(values - ref)
+                assert (err <= tol).all(), f"{tuple(view.shape)} {kind}: {err.max():.3e} > {tol.max():.3e}"
+
+
+def test_tiny_gram_route_extremes_and_nan(rng):
+    a = engineered(rng, 7, 3, "gaussian")
+    ref = np.linalg.svd(a, compute_uv=False)
+    for scale in (1e-300, 1e-160, 1e160, 1e300):  # float64 is unit-scaled: no overflow, no underflow
+        values, status = _core._tiny_gram_svals(a * scale)
+        assert status == 0
+        np.testing.assert_allclose(values / scale, ref, rtol=0, atol=8 * (3 + np.sqrt(7)) * EPS64 * ref[0])
+    values, status = _core._tiny_gram_svals(np.zeros((5, 4)))
+    assert status == 0 and np.array_equal(values, np.zeros(4))
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[4, 1] = bad
+        values, status = _core._tiny_gram_svals(b)
+        assert status == 1 and np.isnan(values).all()
+    with pytest.raises(ValueError, match="tiny route"):
+        _core._tiny_gram_svals(np.ones((5, 5)))
+    with pytest.raises(ValueError, match="tiny route"):
+        _core._tiny_gram_svals(np.ones((65, 2)))
+
+
 # ---- on a GPU --------------------------------------------------------------------------------------
 
 
@@ -68,7 +110,7 @@ def check(got, x_host, route, msg=""):
     assert not bad.any(), f"{route} {m}×{n} {msg}: max |err| {err.max():.3e}, {bad.sum()} values over tolerance"
 
 
-SHAPES = [(1, 1), (3, 3), (2, 5), (31, 33), (32, 32), (33, 33), (64, 64), (65, 65), (100, 7), (128, 128),
+SHAPES = [(1, 1), (3, 3), (2, 5), (4, 64), (65, 2), (5, 5), (64, 5), (31, 33), (32, 32), (33, 33), (64, 64), (65, 65), (100, 7), (128, 128),
           (129, 129), (200, 97), (300, 520), (5000, 64), (1000, 3)]
 
 
@@ -93,8 +135,10 @@ def test_gpu_matches_numpy(rng, shape, dtype, method):
 @needs_gpu
 @pytest.mark.cuda
 def test_gpu_large_batches_every_route(rng):
-    """Many matrices per route (the small kernel, cuBLAS Gram + small kernel, XsyevBatched, gesvdj, gesvd)."""
-    for (b, m, n, dtype, method) in [(500, 64, 64, "float32", "auto"), (300, 20, 6000, "float32", "gram"),
+    """Many matrices per route (the tiny and small kernels, cuBLAS Gram + small kernel, XsyevBatched,
+    gesvdj, gesvd)."""
+    for (b, m, n, dtype, method) in [(4608, 3, 3, "float32", "auto"), (1000, 4, 50, "float64", "gram"),
+                                     (500, 64, 64, "float32", "auto"), (300, 20, 6000, "float32", "gram"),
                                      (40, 160, 200, "float32", "auto"), (200, 16, 30, "float64", "auto"),
                                      (6, 40, 50, "float64", "exact"), (10, 5000, 100, "float32", "gram")]:
         host = engineered(rng, m, n, "logspace")[None] * rng.uniform(0.5, 2.0, (b, 1, 1))

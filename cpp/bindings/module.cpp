@@ -13,8 +13,10 @@
 #include "core/gather.h"
 #include "core/thread_pool.h"
 #include "kernels/compact.h"
+#include "kernels/tiny_gram.h"
 #include "lapack/lapack.h"
 #include "metrics/metrics.h"
+#include "rankscope/dispatch.h"
 #include "rankscope/engine.h"
 #include "rankscope/errors.h"
 
@@ -233,6 +235,29 @@ void gather(py::handle x, int64_t b0, int64_t b1, bool transposed, py::handle ou
   gather_matrices(xv, b0, b1, transposed, ov.data);
 }
 
+// Test hook for the GPU's one-thread-per-matrix route: cpp/kernels/tiny_gram.h run on the host on one
+// matrix. Returns (values float64 (k,), status).
+py::tuple tiny_gram_svals(py::handle x) {
+  ImportedArray xa = import_array(x, "x", false);
+  const ArrayView& v = xa.view;
+  require_cpu(v, "x");
+  RS_CHECK(v.ndim() == 2, InvalidArgument, "x must be one matrix (2-D), got ", v.ndim(), " dimensions");
+  const int64_t m = v.shape[0], n = v.shape[1], k = std::min(m, n), L = std::max(m, n);
+  RS_CHECK(k >= 1 && k <= tiny::kMaxK && L <= tiny::kMaxL, InvalidArgument, "the tiny route takes 1 <= min(m, n) <= ",
+           tiny::kMaxK, " and max(m, n) <= ", tiny::kMaxL, ", got ", m, " x ", n);
+  py::array_t<double> out(k);
+  double* o = out.mutable_data();
+  const int64_t rs = m >= n ? v.strides[0] : v.strides[1], cs = m >= n ? v.strides[1] : v.strides[0];
+  int st = 0;
+  RS_DISPATCH_DTYPE(v.dtype, T, {
+    const T* p = static_cast<const T*>(v.data);
+    auto at = [&](int64_t l, int i) { return to_double(p[l * rs + i * cs]); };
+    auto put = [&](int i, double val) { o[i] = val; };
+    st = tiny::gram_svals_k(at, L, int(k), v.dtype == DType::F64, put);
+  });
+  return py::make_tuple(out, st);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -266,6 +291,8 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("x"), "Whether x's matrices are stored closer to column-major (staged as their transposes).");
   m.def("_gather_matrices", &gather, py::arg("x"), py::arg("b0"), py::arg("b1"), py::arg("transposed"),
         py::arg("out"), "Copies matrices b0 .. b1 of x into a contiguous array (the GPU staging copy; for tests).");
+  m.def("_tiny_gram_svals", &tiny_gram_svals, py::arg("x"),
+        "The GPU's tiny-matrix route (cpp/kernels/tiny_gram.h) run on the host on one matrix: (values, status).");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &num_threads);
   m.def("available_cpus", &available_cpus);

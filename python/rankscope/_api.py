@@ -24,7 +24,7 @@ from ._backend import cuda_module
 
 
 def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
-    """Raises for NaN/Inf inputs (when asked) and warns about matrices LAPACK could not solve."""
+    """Raises for NaN/Inf inputs (when asked) and warns about matrices the solver could not solve."""
     bad = np.flatnonzero(status == 1)
     if check_finite and bad.size:
         raise ValueError(
@@ -36,7 +36,8 @@ def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
     if failed.size:
         shown = ", ".join(str(where(i)) for i in failed[:5]) + (", ..." if failed.size > 5 else "")
         warnings.warn(
-            f"LAPACK did not converge for {failed.size} matrices ({shown}); their results are NaN",
+            f"the eigensolver (LAPACK on the host, cuSOLVER or rankscope's kernels on the GPU) did not converge "
+            f"for {failed.size} matrices ({shown}); their results are NaN",
             RuntimeWarning,
             stacklevel=3,
         )
