@@ -263,6 +263,14 @@ def test_svdvals_device_cuda_lists_and_ragged(rng, cpu_gpu):
         assert_sv_close(g, m if isinstance(m, np.ndarray) else m.numpy())
 
 
+def test_svdvals_device_cuda_empty(cpu_gpu):
+    for shape in [(3, 5, 0), (0, 4, 3), (2, 0, 0), (4, 0)]:
+        got = rs.svdvals(np.ones(shape, dtype=np.float32), device="cuda")
+        assert got.shape == (*shape[:-2], min(shape[-2:])) and got.dtype == np.float32
+    assert rs.svdvals([np.ones((0, 3)), np.ones((2, 2))], device="cuda")[0].shape == (0,)
+    assert cpu_gpu[-1].rows == 2  # only the 2×2 matrix took a stager
+
+
 def test_device_cuda_nan_is_reported_as_on_host(rng, monkeypatch, cpu_gpu):
     x = np.stack([engineered(rng, 5, 5, "gaussian") for _ in range(7)])
     x[4, 2, 3] = np.nan

@@ -84,7 +84,8 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool,
     if p.on_cuda:
         status = cuda_module().svdvals(p.data, out, method, p.stream(), check_finite)
     elif device is not None:
-        flat = host_view(out).reshape(-1, min(m, n))  # a view: out is freshly allocated, contiguous
+        # a view: out is freshly allocated, contiguous
+        flat = host_view(out).reshape(int(np.prod(batch, dtype=np.int64)), min(m, n))
         status = _streaming.svdvals_batch(p, flat, method, device)
     else:
         status = _core.svdvals(p.data, out, method)
