@@ -11,6 +11,7 @@
 
 #include "bindings/common.h"
 #include "bindings/dlpack.h"
+#include "core/thread_pool.h"
 #include "context.h"
 #include "cuda_check.h"
 #include "engine.h"
@@ -313,6 +314,9 @@ PYBIND11_MODULE(_cuda, m) {
            }, py::arg("slot"), py::arg("nb"), py::arg("method"),
            "Queues upload, singular values and download of the slot's first nb matrices; returns at once.")
       .def("wait", &stager_wait, py::arg("slot"), "Waits for the slot; returns copies of (values, status).");
+  m.def("set_num_threads", [](int n) { ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
+        "Threads that copy host batches into the staging buffers (rankscope.set_num_threads sets both modules').");
+  m.def("get_num_threads", [] { return ThreadPool::instance().num_threads(); });
   m.def("device_count", &cuda::device_count, "Usable CUDA devices (0 without a driver or GPU).");
   m.def("no_device_reason", &cuda::no_device_reason);
   m.def("device_name", [](int d) {

@@ -24,10 +24,14 @@ def restore_threads():
 
 
 def test_set_get(restore_threads):
+    from rankscope._backend import cuda_module
+
     for n in (1, 2, 3, 7, 1):
         rs.set_num_threads(n)
         assert rs.get_num_threads() == n
         assert rs.build_info()["num_threads"] == n
+        if cuda_module() is not None:  # the CUDA backend's staging copies follow the same setting
+            assert cuda_module().get_num_threads() == n
     rs.set_num_threads(0)  # n <= 0: the default
     default = rs.get_num_threads()
     env = os.environ.get("RANKSCOPE_NUM_THREADS")

@@ -57,11 +57,17 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Threads rankscope's CPU engine uses (the calling thread included); n <= 0 restores the default
-    (the CPUs this process may run on, or the RANKSCOPE_NUM_THREADS environment variable)."""
+    """Threads rankscope's CPU engine uses (the calling thread included), and the CUDA backend for
+    copying host batches into its staging buffers; n <= 0 restores the default (the CPUs this process
+    may run on, or the RANKSCOPE_NUM_THREADS environment variable)."""
     if not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     _core.set_num_threads(n)
+    from ._backend import cuda_module
+
+    cuda = cuda_module()
+    if cuda is not None:
+        cuda.set_num_threads(n)
 
 
 def get_num_threads() -> int:
