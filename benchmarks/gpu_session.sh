@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the device tool): build, every GPU test, the GPU benchmarks, with
+# logs and JSON under $OUT. The machine has no network: carry the scipy-openblas32 wheel in .whl/
+# (scikit-build-core is not needed with --no-build-isolation).
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"])
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site CMAKE_BUILD_PARALLEL_LEVEL=16 RANKSCOPE_CUDA=ON
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -m pip install --no-build-isolation --no-deps -q . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+python3 -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
+dev=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).split()[1].lower())")
+day=$(date +%F)
+python3 benchmarks/gpu_bench.py --rows "${ROWS:-0,1}" --no-cupy --out "$OUT/gpu-$dev-$day.json" 2>&1 | tee "$OUT/gpu-$dev-$day.log"
+python3 benchmarks/gpu_host_bench.py --rows "${HOST_ROWS:-0,1,3}" --out "$OUT/gpu-host-$dev-$day.json" 2>&1 \
+  | tee "$OUT/gpu-host-$dev-$day.log"
