@@ -82,14 +82,6 @@ __device__ __forceinline__ double warp_max(double v) {
   return v;
 }
 
-// 2^-(e+1) with |x|·scale in [0.5, 1); 1 for 0, NaN and Inf. Capped at 2^1000 (subnormal maxima).
-__device__ __forceinline__ double unit_scale_of(double amax) {
-  if (!(amax > 0.0) || !isfinite(amax)) return 1.0;
-  int q = -(ilogb(amax) + 1);
-  q = q > 1000 ? 1000 : q;
-  return scalbn(1.0, q);
-}
-
 // Dispatches a templated kernel launch on the input dtype.
 #define RS_CUDA_DISPATCH(dtype, T, ...)            \
   switch (dtype) {                                \
@@ -134,7 +126,7 @@ __global__ void absmax_kernel(MatrixSet s, int64_t b0, double* amax) {
 
 __global__ void unit_scale_kernel(double* a, int64_t nb) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b < nb) a[b] = unit_scale_of(a[b]);
+  if (b < nb) a[b] = tiny::unit_scale(a[b]);
 }
 
 // ---- float64 tall copies ---------------------------------------------------------------------------
@@ -300,7 +292,7 @@ __global__ void __launch_bounds__(NT, small_min_blocks<K>()) small_gram_tridiag_
     if (t == 0) {
       double m2 = 0.0;
       for (int w = 0; w < NT / 32; ++w) m2 = (red[w] > m2 || red[w] != red[w]) ? red[w] : m2;
-      s_scale = unit_scale_of(m2);
+      s_scale = tiny::unit_scale(m2);
     }
     __syncthreads();
     sc = s_scale;

@@ -4,7 +4,7 @@ every result against numpy's float64 SVD and the CPU engine."""
 from __future__ import annotations
 
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -205,24 +205,17 @@ def test_gpu_respects_caller_stream(rng):
 @pytest.mark.cuda
 def test_gpu_threads(rng):
     xs = [torch.from_numpy(rng.standard_normal((50, 48, 40))).float().cuda() for _ in range(8)]
-    results, errors = [None] * 8, []
 
     def work(i):
-        try:
-            s = torch.cuda.Stream()
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    results[i] = rs.svdvals(xs[i])
-            s.synchronize()
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        s = torch.cuda.Stream()
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                r = rs.svdvals(xs[i])
+        s.synchronize()
+        return r
 
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors, errors
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
     for x, r in zip(xs, results):
         check(r, x.cpu(), gpu_route("float32", 48, 40, "auto", 50))
 
@@ -306,22 +299,10 @@ def test_gpu_streamed_numpy_ragged_nan_threads(rng, monkeypatch):
     assert np.isnan(v[31]).all() and np.isfinite(np.delete(v, 31, axis=0)).all()
     report = rs.spectrum_report(np.delete(x, 31, axis=0), device="cuda:0")
     np.testing.assert_allclose(report["sv_max"], rs.spectrum_report(np.delete(x, 31, axis=0))["sv_max"], rtol=1e-6)
-    results, errors = {}, []
-
-    def work(i):
-        try:
-            results[i] = rs.svdvals(np.delete(x, 31, axis=0) * (i + 1), device="cuda")
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: rs.svdvals(np.delete(x, 31, axis=0) * (i + 1), device="cuda"), range(6)))
     base = rs.svdvals(np.delete(x, 31, axis=0))
-    for i, r in results.items():
+    for i, r in enumerate(results):
         np.testing.assert_allclose(r, base * (i + 1), rtol=1e-5, atol=1e-6 * (i + 1))
 
 

@@ -21,7 +21,8 @@ namespace rankscope::tiny {
 constexpr int kMaxK = 4;   ///< largest min(m, n) of the route
 constexpr int kMaxL = 64;  ///< largest max(m, n): one thread reads the whole matrix
 
-/// 2^-(e+1) with |x|·scale in [0.5, 1) for x = amax; 1 for 0, NaN and Inf; at most 2^1000.
+/// 2^-(e+1) with |x|·scale in [0.5, 1) for x = amax; 1 for 0, NaN and Inf; at most 2^1000 (subnormal
+/// maxima). The scaling of float64 inputs in every GPU kernel (cuda/kernels.cu).
 RS_HD inline double unit_scale(double amax) {
   if (!(amax > 0.0) || !(amax <= DBL_MAX)) return 1.0;
   int q = -(std::ilogb(amax) + 1);
