@@ -2,7 +2,8 @@
 
 Functions take numpy arrays, torch tensors, anything with ``__dlpack__`` or the buffer protocol,
 nested lists, or a list of 2-D matrices of different shapes, and return results in the caller's
-framework. Metrics on precomputed singular values live in :mod:`rankscope.metrics`.
+framework. Metrics on precomputed singular values live in :mod:`rankscope.metrics`; the model-zoo
+scanner is ``rankscope.scan(model_or_path, ...)`` (imported on first use).
 """
 
 # _backend first: it loads OpenBLAS (and the CUDA libraries) before any extension module.
@@ -54,6 +55,20 @@ __all__ = [
     "svdvals",
     "weak_rank_loss",
 ]
+
+
+def __getattr__(name: str):
+    # rankscope.scan (the model-zoo scanner, a callable subpackage) is imported on first use only, so
+    # that the array API never imports it (nor pandas, safetensors or tqdm).
+    if name == "scan":
+        import importlib
+
+        return importlib.import_module(".scan", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"scan"})
 
 
 def set_num_threads(n: int) -> None:

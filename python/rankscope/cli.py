@@ -1,105 +1,141 @@
-"""Command line: ``rankscope scan --example`` and ``rankscope info``.
-
-Scanning weight files arrives with the model-zoo scanner; until then ``scan`` runs on a built-in
-example model with one planted rank-collapsed layer.
-"""
+"""Command line: ``rankscope scan PATH...`` (the model-zoo scanner) and ``rankscope info``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-import time
+import tempfile
 
 import numpy as np
 
+from .scan.examples import example_model  # noqa: F401 - re-exported: the example the CLI scans
 
-def example_model(seed: int = 0) -> dict[str, np.ndarray]:
-    """A small transformer-shaped float32 model; ``blocks.1.mlp.fc2`` is planted rank-collapsed
-    (rank 6 of 64, the rest at 1e-9 relative: what heavy weight decay drives a layer to)."""
-    rng = np.random.default_rng(seed)
-    d, ff, vocab, layers = 64, 256, 1000, 2
-
-    def dense(out, inp):
-        return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
-
-    model = {"embed.weight": dense(vocab, d)}
-    for i in range(layers):
-        for name in ("q", "k", "v", "o"):
-            model[f"blocks.{i}.attn.{name}.weight"] = dense(d, d)
-        model[f"blocks.{i}.mlp.fc1.weight"] = dense(ff, d)
-        model[f"blocks.{i}.mlp.fc2.weight"] = dense(d, ff)
-    u, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    v, _ = np.linalg.qr(rng.standard_normal((ff, d)))
-    s = np.concatenate([np.linspace(1.0, 0.5, 6), np.full(d - 6, 1e-9)])
-    model["blocks.1.mlp.fc2.weight"] = ((u * s) @ v.T).astype(np.float32)
-    model["head.weight"] = dense(10, d)
-    return model
+_SUMMARY = ("model", "name", "shape", "matrix_rank", "rank_loss", "log10_sv_min_rel", "alpha", "stable_rank")
 
 
-def _scan(model: dict[str, np.ndarray], collapse_log10: float) -> list[dict]:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankscope", description="Is your network collapsing? Spectra, ranks "
+                                     "and collapse metrics of every weight matrix.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("scan", help="scan the weight matrices of models, checkpoints or a folder of them",
+                       description="Scan models: .safetensors (sharded or not), Hugging Face folders, "
+                       ".pt/.bin, .npz, .gguf, .onnx, or folders holding many (a zoo).")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="weight files or folders")
+    p.add_argument("--example", action="store_true", help="scan the built-in example model (one planted "
+                   "rank-collapsed layer), written to a temporary safetensors file")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--out", help="write the report: report.csv, .parquet or .json; an existing report is "
+                   "resumed (files it holds with the same size and mtime are skipped)")
+    p.add_argument("--no-resume", action="store_true", help="with --out: rescan everything")
+    p.add_argument("--plots", metavar="DIR", help="write figures there (needs matplotlib)")
+    p.add_argument("--conv", choices=("slices", "flatten"), default="slices",
+                   help="Conv2d as pooled kh·kw slices (WeightWatcher's way, default) or one flattened matrix")
+    p.add_argument("--layers", action="append", metavar="PATTERN",
+                   help="only tensors whose name matches (regex or glob; repeatable)")
+    p.add_argument("--min-dim", type=int, help="skip matrices whose smaller side is below this")
+    p.add_argument("--max-dim", type=int, help="skip matrices whose larger side is above this")
+    p.add_argument("--split-qkv", action="store_true", help="split fused QKV weights into three rows")
+    p.add_argument("--mp-fit", action="store_true", help="WeightWatcher's Marchenko-Pastur fit")
+    p.add_argument("--randomize", action="store_true", help="WeightWatcher's randomised ESD (correlation traps)")
+    p.add_argument("--rank-policy", default="auto", choices=("auto", "numpy", "data", "nr", "ww"),
+                   help="rank tolerance rule (ww: WeightWatcher's exact rank and entropy)")
+    p.add_argument("--estimator", default="ww", choices=("ww", "median", "xmin_peak", "xmin_peak_intended"),
+                   help="power-law fit: WeightWatcher's xmin scan or TempBalance's estimators")
+    p.add_argument("--fix-fingers", choices=("xmin_peak",), help="WeightWatcher's fix_fingers for --estimator ww")
+    p.add_argument("--base", metavar="PATH", help="delta scan: W - W_base for the tensors both share")
+    p.add_argument("--collapse-log10", type=float, default=-8.0,
+                   help="flag layers with log10(s_min / s_max) below this (default -8)")
+    p.add_argument("--top", type=int, default=10, help="rows of the printed summary (default 10)")
+    p.add_argument("--json", action="store_true", help="print the layer rows as JSON instead of a summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("info", help="what this install was built with")
+    return parser
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.2f}" if math.isfinite(v) else ("-inf" if v < 0 else "inf")
+    return str(v)
+
+
+def _print_summary(report, top: int, elapsed: float, out=None) -> None:
+    out = out if out is not None else sys.stdout  # looked up per call: redirect_stdout must see it
+    s = report.scanned
+    flagged = report.flagged
+    models = report.models
+    print(f"{len(models)} model(s), {len(s)} layers scanned in {elapsed:.2f} s; "
+          f"{len(flagged)} flagged as collapsed, {len(report.errors)} errors, "
+          f"{int((report.layers['status'] == 'skipped').sum())} tensors skipped (not matrices).", file=out)
+    if len(s):
+        worst = flagged if len(flagged) else s.sort_values("log10_sv_min_rel")
+        title = "Collapsed layers (rank loss > 0 or log10(s_min/s_max) < threshold)" if len(flagged) else (
+            "No collapsed layer. Lowest log10(s_min/s_max)")
+        print(f"\n{title}:", file=out)
+        rows = worst.head(top)
+        widths = {c: max(len(c), *(len(_fmt(v)) for v in rows[c])) for c in _SUMMARY}
+        print("  ".join(c.ljust(widths[c]) for c in _SUMMARY) + "  flags", file=out)
+        for _, r in rows.iterrows():
+            flags = [f for f, col in (("RANK COLLAPSE", "rank_collapsed"), ("S_MIN", "sv_collapsed"),
+                                      ("ALPHA", "alpha_out_of_range")) if r[col]]
+            print("  ".join(_fmt(r[c]).ljust(widths[c]) for c in _SUMMARY) + "  " + " ".join(flags), file=out)
+    for _, e in report.errors.iterrows():
+        print(f"error: {e['model']} {e['tensor']}: {e['error']}", file=out)
+
+
+def _scan(args, parser) -> int:
     import rankscope as rs
 
-    names = list(model)
-    mats = [model[n] for n in names]
-    rep = rs.spectrum_report(mats)
-    rows = []
-    for i, name in enumerate(names):
-        row = {"layer": name, "shape": "x".join(map(str, mats[i].shape))}
-        for key in ("matrix_rank", "rank_loss", "log10_sv_min", "sv_max", "effective_rank", "stable_rank"):
-            row[key] = rep[key][i].item()
-        rel = row["log10_sv_min"] - np.log10(row["sv_max"]) if row["sv_max"] > 0 else -np.inf
-        row["collapsed"] = bool(row["rank_loss"] > 0 or rel < collapse_log10)
-        rows.append(row)
-    return rows
+    from .scan.report import ScanReport
 
+    if not args.paths and not args.example:
+        parser.error("give one or more PATHs to scan, or --example for the built-in model")
+    options = dict(device=args.device, conv=args.conv, layers=args.layers, min_dim=args.min_dim,
+                   max_dim=args.max_dim, split_qkv=args.split_qkv, mp_fit=args.mp_fit, randomize=args.randomize,
+                   rank_policy=args.rank_policy, estimator=args.estimator, fix_fingers=args.fix_fingers,
+                   collapse_log10=args.collapse_log10, progress=False if args.quiet else None,
+                   resume=not args.no_resume, out=args.out, base=args.base)
+    with tempfile.TemporaryDirectory(prefix="rankscope-example-") as tmp:
+        paths = list(args.paths)
+        if args.example:
+            from safetensors.numpy import save_file
 
-def _print_table(rows: list[dict], out=None) -> None:
-    out = out if out is not None else sys.stdout  # looked up per call: redirect_stdout must see the table
-    head = f"{'layer':<26} {'shape':>9} {'rank':>5} {'loss':>5} {'log10 s_min':>11} {'eff. rank':>9} {'stable':>7}  flag"
-    print(head, file=out)
-    print("-" * len(head), file=out)
-    for r in rows:
-        flag = "RANK COLLAPSE" if r["collapsed"] else ""
-        print(
-            f"{r['layer']:<26} {r['shape']:>9} {r['matrix_rank']:>5} {r['rank_loss']:>5} "
-            f"{r['log10_sv_min']:>11.2f} {r['effective_rank']:>9.2f} {r['stable_rank']:>7.2f}  {flag}",
-            file=out,
-        )
+            path = os.path.join(tmp, "example.safetensors")
+            save_file(example_model(), path)
+            paths.append(path)
+        try:
+            report: ScanReport = rs.scan(paths if len(paths) > 1 else paths[0], **options)
+        except (ValueError, TypeError, ImportError) as e:
+            print(f"rankscope scan: error: {e}", file=sys.stderr)
+            return 2
+    if args.plots:
+        from .scan import plots
+
+        written = plots.write_all(report, args.plots)
+        print(f"{len(written)} figures written to {args.plots}", file=sys.stderr)
+    if args.json:
+        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else
+                     v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+                for r in report.layers.to_dict(orient="records")]
+        print(json.dumps(rows, indent=1, allow_nan=False))
+    else:
+        _print_summary(report, args.top, report.seconds)
+    return 0 if len(report.scanned) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rankscope", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    scan = sub.add_parser("scan", help="spectra and rank metrics of every weight matrix of a model")
-    scan.add_argument("path", nargs="?", help="a weights file (arrives with the scanner; use --example)")
-    scan.add_argument("--example", action="store_true", help="scan the built-in example model")
-    scan.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    scan.add_argument("--collapse-log10", type=float, default=-8.0,
-                      help="flag layers with log10(s_min / s_max) below this (default -8)")
-    sub.add_parser("info", help="what this install was built with")
+    parser = _parser()
     args = parser.parse_args(argv)
-
     if args.command == "info":
         import rankscope as rs
 
         print(json.dumps(rs.build_info(), indent=2))
         return 0
-    if not args.example:
-        parser.error("scanning weight files is not implemented yet; run `rankscope scan --example`")
-    model = example_model()
-    t0 = time.perf_counter()
-    rows = _scan(model, args.collapse_log10)
-    elapsed = time.perf_counter() - t0
-    if args.json:
-        # Strict JSON has no Infinity/NaN (log10_sv_min is -inf for a zero s_min): those become null.
-        clean = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
-        print(json.dumps(clean, indent=1, allow_nan=False))
-    else:
-        _print_table(rows)
-        n_bad = sum(r["collapsed"] for r in rows)
-        print(f"\n{len(rows)} matrices scanned in {elapsed * 1e3:.1f} ms; {n_bad} flagged as rank-collapsed.")
-    return 0
+    return _scan(args, parser)
 
 
 if __name__ == "__main__":

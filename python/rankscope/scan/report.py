@@ -1,0 +1,271 @@
+"""The scan's result: per-layer and per-model tables, errors, and their files (CSV, Parquet, JSON).
+
+Column names follow WeightWatcher's `analyze()` where it has them (METRICS.md §1–3), so a user can
+switch; the extra columns say where a row came from and whether the layer looks collapsed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Leading columns: where the row comes from.
+ID_COLUMNS = ("model", "name", "layer_id", "tensor", "part", "type", "dtype", "shape")
+#: WeightWatcher-compatible columns (METRICS.md §1–3), in WeightWatcher's spelling.
+WW_COLUMNS = ("N", "M", "Q", "rf", "num_evals", "sv_max", "sv_min", "log10_sv_min", "matrix_rank", "rank_loss",
+              "weak_rank_loss", "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "alpha_weighted",
+              "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank", "entropy", "mp_softrank",
+              "num_spikes")
+#: rankscope's own metric columns.
+EXTRA_COLUMNS = ("effective_rank", "log10_sv_min_rel", "condition_number", "refined")
+#: Collapse flags (thresholds: ScanOptions.collapse_log10 and alpha_range).
+FLAG_COLUMNS = ("rank_collapsed", "sv_collapsed", "alpha_out_of_range", "collapsed")
+STATUS_COLUMNS = ("status", "warning")
+#: Where the model came from, for resuming a scan (path, size and modification time).
+FILE_COLUMNS = ("path", "file_size", "file_mtime")
+#: Columns of mp_fit=True (WeightWatcher's names) and randomize=True.
+MP_COLUMNS = ("sigma_mp", "bulk_min", "bulk_max", "W_scale")
+RANDOM_COLUMNS = ("max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "rand_num_spikes", "num_traps",
+                  "rand_sigma_mp", "rand_mp_softrank", "rand_bulk_max", "rand_bulk_min", "rand_W_scale")
+
+LAYER_COLUMNS = ID_COLUMNS + WW_COLUMNS + EXTRA_COLUMNS + FLAG_COLUMNS + STATUS_COLUMNS + FILE_COLUMNS
+
+#: status values: "success" (fitted), "failed" (spectrum computed, power-law fit failed or non-finite
+#: weights), "skipped" (not a matrix: the reason is in `warning`), "error" (could not be read).
+STATUSES = ("success", "failed", "skipped", "error")
+
+
+def _columns(df: pd.DataFrame) -> list[str]:
+    known = [c for c in LAYER_COLUMNS if c in df.columns]
+    extra = [c for c in df.columns if c not in LAYER_COLUMNS]
+    # optional blocks (mp_fit, randomize) go before the flags, in their own order
+    head = [c for c in known if c not in FLAG_COLUMNS + STATUS_COLUMNS + FILE_COLUMNS]
+    tail = [c for c in known if c in FLAG_COLUMNS + STATUS_COLUMNS + FILE_COLUMNS]
+    opt = [c for c in MP_COLUMNS + RANDOM_COLUMNS if c in extra]
+    return head + opt + [c for c in extra if c not in opt] + tail
+
+
+@dataclass
+class ScanReport:
+    """What `rankscope.scan` found.
+
+    Attributes
+    ----------
+    layers : pandas.DataFrame
+        One row per scanned layer (per matrix for expert stacks and split QKV blocks), plus a row per
+        skipped tensor (status "skipped", the reason in `warning`) and per tensor or file that could
+        not be read (status "error"). Columns: ``LAYER_COLUMNS`` (WeightWatcher's names where it has
+        them), and the mp_fit / randomize columns when asked for.
+    errors : pandas.DataFrame
+        The rows of `layers` with status "error": model, tensor (empty for a whole file), path, error.
+    evals : dict
+        (model, name) → the layer's eigenvalues l = s² as fitted (ascending; Conv2d slices pooled and
+        scaled as WeightWatcher does), for plots; empty when the scan ran with keep_evals=False.
+    options : dict
+        The options the scan ran with.
+    """
+
+    layers: pd.DataFrame
+    evals: dict = field(default_factory=dict, repr=False)
+    options: dict = field(default_factory=dict)
+    seconds: float = float("nan")
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        bad = self.layers[self.layers["status"] == "error"] if len(self.layers) else self.layers
+        return pd.DataFrame({"model": bad.get("model", []), "tensor": bad.get("tensor", []),
+                             "path": bad.get("path", []), "error": bad.get("warning", [])}).reset_index(drop=True)
+
+    @property
+    def scanned(self) -> pd.DataFrame:
+        """The rows of layers whose spectrum was computed (status success or failed)."""
+        return self.layers[self.layers["status"].isin(("success", "failed"))]
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        """Scanned layers with any collapse flag, worst (lowest relative log10 s_min) first."""
+        s = self.scanned
+        return s[s["collapsed"].astype(bool)].sort_values(["rank_loss", "log10_sv_min_rel"],
+                                                          ascending=[False, True])
+
+    @property
+    def models(self) -> pd.DataFrame:
+        """One row per model: counts, means of alpha, stable rank and the log norms, flagged layers."""
+        return model_table(self.layers)
+
+    def __repr__(self) -> str:
+        s = self.scanned
+        n_models = self.layers["model"].nunique() if len(self.layers) else 0
+        return (f"ScanReport({n_models} models, {len(s)} layers scanned, {int(s['collapsed'].astype(bool).sum())} "
+                f"flagged, {len(self.errors)} errors)")
+
+    # ---- files ----------------------------------------------------------------------------------
+
+    def to_csv(self, path: str | os.PathLike, **kw) -> None:
+        """The layer table as CSV (pandas' to_csv; index omitted)."""
+        _atomic(path, lambda p: self.layers.to_csv(p, index=False, **kw))
+
+    def to_parquet(self, path: str | os.PathLike, **kw) -> None:
+        """The layer table as Parquet (needs pyarrow: pip install "rankscope[parquet]")."""
+        from .sources import optional_import
+
+        optional_import("pyarrow", "parquet")
+        _atomic(path, lambda p: _parquet_frame(self.layers).to_parquet(p, index=False, **kw))
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """The layer table as a JSON list of rows (NaN and ±inf as null; strict JSON)."""
+        rows = [{k: _json_value(v) for k, v in r.items()} for r in self.layers.to_dict(orient="records")]
+        text = json.dumps({"layers": rows, "options": _jsonable(self.options)}, indent=1, allow_nan=False)
+        _atomic(path, lambda p: _write_text(p, text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """to_csv, to_parquet or to_json by the file's extension (.csv, .parquet, .json)."""
+        ext = os.path.splitext(str(path))[1].lower()
+        if ext == ".csv":
+            self.to_csv(path)
+        elif ext in (".parquet", ".pq"):
+            self.to_parquet(path)
+        elif ext == ".json":
+            self.to_json(path)
+        else:
+            raise ValueError(f"cannot tell the report format from {str(path)!r}: use .csv, .parquet or .json")
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ScanReport:
+        """A report written by save() (CSV, Parquet or JSON), without the eigenvalues."""
+        ext = os.path.splitext(str(path))[1].lower()
+        if ext == ".csv":
+            df = pd.read_csv(path, keep_default_na=True)
+        elif ext in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        elif ext == ".json":
+            with open(path) as f:
+                doc = json.load(f)
+            df = pd.DataFrame(doc["layers"] if isinstance(doc, dict) else doc)
+        else:
+            raise ValueError(f"cannot tell the report format from {str(path)!r}: use .csv, .parquet or .json")
+        return cls(normalize(df))
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Column order and dtypes of a layer table (after concatenation or reading back a file)."""
+    for c in LAYER_COLUMNS:
+        if c not in df.columns:
+            df[c] = np.nan
+    for c in FLAG_COLUMNS + ("refined",):
+        df[c] = df[c].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) or v in (0, 1) else
+                          (str(v).lower() == "true" if isinstance(v, str) else False))
+    for c in ("model", "name", "tensor", "type", "dtype", "shape", "status", "warning", "path"):
+        df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return df[_columns(df)].reset_index(drop=True)
+
+
+def layer_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    return normalize(pd.DataFrame.from_records(list(rows)) if rows else pd.DataFrame(columns=list(LAYER_COLUMNS)))
+
+
+def model_table(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per-model summary of a layer table (the means are over scanned layers, NaN-skipping)."""
+    cols = ["model", "path", "num_layers", "num_skipped", "num_errors", "num_flagged", "num_rank_collapsed",
+            "num_sv_collapsed", "num_alpha_out_of_range", "alpha", "stable_rank", "log_norm", "log_spectral_norm",
+            "alpha_weighted", "log_alpha_norm", "min_log10_sv_min_rel", "status"]
+    if not len(layers):
+        return pd.DataFrame(columns=cols)
+    out = []
+    for model, g in layers.groupby("model", sort=False):
+        s = g[g["status"].isin(("success", "failed"))]
+        row: dict[str, Any] = {"model": model, "path": g["path"].iloc[0],
+                               "num_layers": len(s), "num_skipped": int((g["status"] == "skipped").sum()),
+                               "num_errors": int((g["status"] == "error").sum()),
+                               "num_flagged": int(s["collapsed"].astype(bool).sum()),
+                               "num_rank_collapsed": int(s["rank_collapsed"].astype(bool).sum()),
+                               "num_sv_collapsed": int(s["sv_collapsed"].astype(bool).sum()),
+                               "num_alpha_out_of_range": int(s["alpha_out_of_range"].astype(bool).sum())}
+        for c in ("alpha", "stable_rank", "log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm"):
+            v = pd.to_numeric(s[c], errors="coerce")
+            v = v[np.isfinite(v)] if c != "alpha" else v[np.isfinite(v) & (v > 0)]
+            row[c] = float(v.mean()) if len(v) else np.nan
+        rel = pd.to_numeric(s["log10_sv_min_rel"], errors="coerce")
+        row["min_log10_sv_min_rel"] = float(rel.min()) if len(rel) else np.nan
+        row["status"] = "error" if len(s) == 0 and row["num_errors"] else "success"
+        out.append(row)
+    return pd.DataFrame(out, columns=cols)
+
+
+def resume_keys(layers: pd.DataFrame) -> set[tuple[str, int, float]]:
+    """(path, size, mtime) of the files a report holds (errors excluded: those are tried again)."""
+    if not len(layers):
+        return set()
+    keys = set()
+    for (path, size, mtime), g in layers.groupby(["path", "file_size", "file_mtime"], dropna=True):
+        if path and (g["status"] != "error").any():
+            keys.add((str(path), int(size), round(float(mtime), 3)))
+    return keys
+
+
+def file_key(path: str | None, size: int | None, mtime: float | None) -> tuple[str, int, float] | None:
+    if path is None or size is None or mtime is None:
+        return None
+    return (str(path), int(size), round(float(mtime), 3))
+
+
+def merge(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return layer_frame([])
+    return normalize(pd.concat(frames, ignore_index=True))
+
+
+def _parquet_frame(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:  # object columns of mixed types do not go to Parquet
+        if out[c].dtype == object:
+            out[c] = out[c].map(lambda v: None if v is None else str(v) if not isinstance(v, str) else v)
+    return out
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        try:
+            json.dumps(v, allow_nan=False)
+            out[k] = v
+        except (TypeError, ValueError):
+            out[k] = repr(v)
+    return out
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _atomic(path: str | os.PathLike, write) -> None:
+    """Write to a temporary file next to `path`, then rename: a killed scan never leaves half a report."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
