@@ -443,7 +443,7 @@ def _layer_row(src, layer: Layer, layer_id: int, spectra: list[np.ndarray], refi
         row.update(status="failed", warning="non-finite weights (NaN or Inf) or the solver failed")
         return row, None
     s_all = np.concatenate(spectra)
-    scale = 0.5 if (layer.kind == "conv2d" and layer.count > 1 and opts.conv2d_norm) else 1.0
+    scale = 0.5 if (layer.kind == "conv2d" and opts.conv == "slices" and opts.conv2d_norm) else 1.0
     ev = np.sort(s_all * s_all) * scale
     sv_max, sv_min = float(col["sv_max"].max()), float(col["sv_min"].min())
     row.update(num_evals=len(ev), sv_max=sv_max, sv_min=sv_min,
