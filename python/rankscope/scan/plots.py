@@ -61,8 +61,9 @@ def plot_esd(report, model: str, name: str, *, ax: Any = None, bins: int = 80) -
         dens, edges, _ = ax.hist(ev, bins=edges, density=True, color="royalblue", alpha=0.6, label="ESD")
         N, M = float(row["N"]), float(row["M"])
         if N > 0 and M > 0:
-            sigma2 = ev.sum() / (N * M) * (M / ev.size if ev.size else 1)  # per eigenvalue of one matrix
-            edge = sigma2 * (1 + 1 / np.sqrt(N / M)) ** 2
+            # l = s² without 1/N: the MP bulk of an N × M matrix of variance σ² ends at N·σ²(1 + 1/√Q)²,
+            # N·σ² = ‖W‖_F²/M = the mean eigenvalue (Conv2d slices: of the pooled ESD)
+            edge = ev.mean() * (1 + 1 / np.sqrt(N / M)) ** 2
             ax.axvline(edge, color="darkorange", ls="--", label=f"MP bulk edge λ₊ = {edge:.3g}")
         alpha, xmin = row.get("alpha"), row.get("xmin")
         if alpha is not None and np.isfinite(alpha) and alpha > 1 and xmin is not None and np.isfinite(xmin) and xmin > 0:

@@ -249,7 +249,7 @@ def _random_spectra(t: _Tensor, mats: list[Any], opts: ScanOptions, device: int 
     for layer in t.layers:
         ms = mats[pos:pos + layer.count]
         pos += layer.count
-        replicas = 5 if layer.num_evals < 100 else 1
+        replicas = fits.random_replicas(layer.num_evals)
         host = [_host(m) for m in ms]
         shuffled = [fits.shuffled(h, rng) for _ in range(replicas + 1) for h in host]
         vals = _spectra(shuffled, "auto", device)
@@ -421,8 +421,11 @@ def _skip_row(src, layer: Layer) -> dict:
 def _fit(evals: np.ndarray, opts: ScanOptions) -> dict:
     if opts.estimator == "ww":
         return fits.fit_powerlaw(evals, fix_fingers=opts.fix_fingers or None, xmin_max=opts.xmin_max)
-    r = fits.fit_tempbalance(evals, estimator=opts.estimator)
-    return r
+    # the histogram estimators take log10 λ: zeros are dropped (the reference's torch.histc fails on them)
+    r = fits.fit_tempbalance(evals, estimator=opts.estimator, filter_zeros=opts.estimator != "median")
+    ok = r.get("alpha") is not None and np.isfinite(r["alpha"])
+    return {**r, "xmax": float(np.max(evals)) if len(evals) else np.nan, "status": "success" if ok else "failed",
+            "warning": "" if ok else "the power-law fit failed"}
 
 
 def _layer_row(src, layer: Layer, layer_id: int, spectra: list[np.ndarray], refined: np.ndarray, rand,
@@ -474,8 +477,8 @@ def _layer_row(src, layer: Layer, layer_id: int, spectra: list[np.ndarray], refi
         reps, one = rand
         rand_ev = np.sort(np.concatenate(reps) ** 2) * scale
         one_ev = np.sort(np.concatenate(one) ** 2) * scale
-        row.update(_safe(lambda: fits.random_esd_metrics(ev, rand_ev, N=layer.N, M=layer.M, rf=layer.rf,
-                                                         distance_evals=one_ev), warning, "randomize"))
+        row.update(_safe(lambda: fits.random_esd_metrics(ev, one_ev, N=layer.N, M=layer.M, rf=layer.rf,
+                                                         pooled_rand_evals=rand_ev), warning, "randomize"))
     lo, hi = opts.alpha_range
     alpha = row.get("alpha")
     rel = row["log10_sv_min_rel"]
