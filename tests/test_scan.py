@@ -210,6 +210,18 @@ def test_flags(rng):
     assert rows["dead"]["log10_sv_min"] < -20 or rows["dead"]["log10_sv_min"] == -np.inf
     r2 = _rows(rs.scan({"tiny": tiny}, progress=False, collapse_log10=-10))
     assert not r2["tiny"]["sv_collapsed"]
+    one = good.copy()
+    one[:, 0] = 0  # rank loss 1 of 32: 3 %, below the default 5 %, above 0
+    assert not _rows(rs.scan({"one": one}, progress=False))["one"]["rank_collapsed"]
+    assert _rows(rs.scan({"one": one}, progress=False, collapse_rank_frac=0))["one"]["rank_collapsed"]
+
+
+def test_random_square_bfloat16_is_not_collapsed(rng):
+    """~1 % of a random square bfloat16 matrix's singular values lie below bfloat16's eps·s₁: rank loss, not collapse."""
+    w = torch.from_numpy(rng.standard_normal((512, 512))).bfloat16()
+    r = _rows(rs.scan({"w": w}, progress=False))["w"]
+    assert 0 < r["rank_loss"] < 0.03 * 512
+    assert not r["rank_collapsed"] and not r["collapsed"]
 
 
 def test_experts_and_conv1d(rng):

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="PATH", help="delta scan: W - W_base for the tensors both share")
     p.add_argument("--collapse-log10", type=float, default=-8.0,
                    help="flag layers with log10(s_min / s_max) below this (default -8)")
+    p.add_argument("--collapse-rank-frac", type=float, default=0.05,
+                   help="flag layers whose rank loss exceeds this fraction of the smaller side (default 0.05)")
     p.add_argument("--top", type=int, default=10, help="rows of the printed summary (default 10)")
     p.add_argument("--json", action="store_true", help="print the layer rows as JSON instead of a summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -73,7 +75,7 @@ def _print_summary(report, top: int, elapsed: float, out=None) -> None:
           f"{int((report.layers['status'] == 'skipped').sum())} tensors skipped (not matrices).", file=out)
     if len(s):
         worst = flagged if len(flagged) else s.sort_values("log10_sv_min_rel")
-        title = "Collapsed layers (rank loss > 0 or log10(s_min/s_max) < threshold)" if len(flagged) else (
+        title = "Collapsed layers (rank loss above the fraction, or log10(s_min/s_max) below the threshold)" if len(flagged) else (
             "No collapsed layer. Lowest log10(s_min/s_max)")
         print(f"\n{title}:", file=out)
         rows = worst.head(top)
@@ -97,7 +99,7 @@ def _scan(args, parser) -> int:
     options = dict(device=args.device, conv=args.conv, layers=args.layers, min_dim=args.min_dim,
                    max_dim=args.max_dim, split_qkv=args.split_qkv, mp_fit=args.mp_fit, randomize=args.randomize,
                    rank_policy=args.rank_policy, estimator=args.estimator, fix_fingers=args.fix_fingers,
-                   collapse_log10=args.collapse_log10, progress=False if args.quiet else None,
+                   collapse_log10=args.collapse_log10, collapse_rank_frac=args.collapse_rank_frac, progress=False if args.quiet else None,
                    resume=not args.no_resume, out=args.out, base=args.base)
     with tempfile.TemporaryDirectory(prefix="rankscope-example-") as tmp:
         paths = list(args.paths)

@@ -27,7 +27,7 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
          layers: str | list[str] | None = None, min_dim: int | None = None, max_dim: int | None = None,
          split_qkv: bool = False, rank_policy: str = "auto", estimator: str = "ww", fix_fingers: str | None = None,
          xmin_max: float | None = None, mp_fit: bool = False, randomize: bool = False,
-         collapse_log10: float = -8.0, alpha_range: tuple[float, float] = (2.0, 6.0), out: str | None = None,
+         collapse_log10: float = -8.0, collapse_rank_frac: float = 0.05, alpha_range: tuple[float, float] = (2.0, 6.0), out: str | None = None,
          resume: bool = True, progress: bool | None = None, keep_evals: bool = True, seed: int | None = None,
          name: str | None = None, chunk_mb: float = 256.0, window_mb: float = 1024.0,
          refine_rtol: float = 1e-6) -> ScanReport:
@@ -76,6 +76,10 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
         the element-shuffled ESD (rand_distance, ww_softrank, num_traps, ...).
     collapse_log10 : float
         `sv_collapsed` when log10(s_min / s_max) < this (default −8, the literature's rank-collapse line).
+    collapse_rank_frac : float
+        `rank_collapsed` when rank_loss exceeds this fraction of the smaller side (default 0.05; 0:
+        any rank loss). Not 0 by default: a random square bfloat16 matrix already has ~1 % of its
+        singular values below bfloat16's eps·s₁ (the quarter-circle law), so its rank loss is ~1 %.
     alpha_range : (low, high)
         `alpha_out_of_range` when a fitted alpha lies outside it (default (2, 6)).
     out : path, optional
@@ -109,7 +113,7 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
     opts = ScanOptions(device=device, conv=conv, conv2d_norm=conv2d_norm, layers=layers, min_dim=min_dim,
                        max_dim=max_dim, split_qkv=split_qkv, rank_policy=rank_policy, estimator=estimator,
                        fix_fingers=fix_fingers, xmin_max=xmin_max, mp_fit=mp_fit, randomize=randomize,
-                       collapse_log10=collapse_log10, alpha_range=tuple(alpha_range), refine_rtol=refine_rtol,
+                       collapse_log10=collapse_log10, collapse_rank_frac=collapse_rank_frac, alpha_range=tuple(alpha_range), refine_rtol=refine_rtol,
                        chunk_mb=chunk_mb, window_mb=window_mb, keep_evals=keep_evals, seed=seed)
     opts.validate()
     t0 = time.perf_counter()

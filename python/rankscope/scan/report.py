@@ -25,7 +25,9 @@ WW_COLUMNS = ("N", "M", "Q", "rf", "num_evals", "sv_max", "sv_min", "log10_sv_mi
               "num_spikes")
 #: rankscope's own metric columns.
 EXTRA_COLUMNS = ("effective_rank", "log10_sv_min_rel", "condition_number", "refined")
-#: Collapse flags (thresholds: ScanOptions.collapse_log10 and alpha_range).
+#: Collapse flags: rank_collapsed (rank_loss > collapse_rank_frac · M), sv_collapsed
+#: (log10(s_min/s_max) < collapse_log10), alpha_out_of_range (alpha outside alpha_range), and
+#: collapsed = rank_collapsed or sv_collapsed.
 FLAG_COLUMNS = ("rank_collapsed", "sv_collapsed", "alpha_out_of_range", "collapsed")
 STATUS_COLUMNS = ("status", "warning")
 #: Where the model came from, for resuming a scan (path, size and modification time).

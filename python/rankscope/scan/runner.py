@@ -55,6 +55,7 @@ class ScanOptions:
     mp_fit: bool = False
     randomize: bool = False
     collapse_log10: float = -8.0
+    collapse_rank_frac: float = 0.05
     alpha_range: tuple[float, float] = (2.0, 6.0)
     refine_rtol: float = 1e-6
     chunk_mb: float = 256.0
@@ -73,6 +74,8 @@ class ScanOptions:
             raise ValueError(f"fix_fingers must be None or 'xmin_peak', got {self.fix_fingers!r}")
         if self.fix_fingers and self.estimator != "ww":
             raise ValueError("fix_fingers applies to estimator='ww' (WeightWatcher's xmin scan) only")
+        if not (isinstance(self.collapse_rank_frac, (int, float)) and 0 <= self.collapse_rank_frac < 1):
+            raise ValueError(f"collapse_rank_frac must be in [0, 1), got {self.collapse_rank_frac!r}")
         lo, hi = self.alpha_range
         if not lo < hi:
             raise ValueError(f"alpha_range must be (low, high) with low < high, got {self.alpha_range!r}")
@@ -482,7 +485,10 @@ def _layer_row(src, layer: Layer, layer_id: int, spectra: list[np.ndarray], refi
     lo, hi = opts.alpha_range
     alpha = row.get("alpha")
     rel = row["log10_sv_min_rel"]
-    row["rank_collapsed"] = row["rank_loss"] > 0
+    # a fraction, not rank_loss > 0: a random square bfloat16 matrix has ~1 % of its singular values
+    # below bfloat16's eps·s₁ (quarter-circle law), a random square float32 one ~0.05 % below numpy's
+    # tolerance; neither is collapse
+    row["rank_collapsed"] = bool(row["rank_loss"] > opts.collapse_rank_frac * layer.M * layer.count)
     row["sv_collapsed"] = bool(rel < opts.collapse_log10)
     row["alpha_out_of_range"] = bool(status == "success" and alpha is not None and np.isfinite(alpha)
                                      and not (lo <= alpha <= hi))
