@@ -78,7 +78,9 @@ def _print_summary(report, top: int, elapsed: float, out=None) -> None:
         title = "Collapsed layers (rank loss above the fraction, or log10(s_min/s_max) below the threshold)" if len(flagged) else (
             "No collapsed layer. Lowest log10(s_min/s_max)")
         print(f"\n{title}:", file=out)
-        rows = worst.head(top)
+        rows = worst.head(top).copy()
+        for c in ("matrix_rank", "rank_loss"):  # whole numbers (the column is float where rows are skipped)
+            rows[c] = rows[c].astype("int64")
         widths = {c: max(len(c), *(len(_fmt(v)) for v in rows[c])) for c in _SUMMARY}
         print("  ".join(c.ljust(widths[c]) for c in _SUMMARY) + "  flags", file=out)
         for _, r in rows.iterrows():

@@ -231,6 +231,7 @@ def _compute(loaded: _Loaded, opts: ScanOptions, device: int | None, rng: np.ran
         for i, s in zip(redo, exact):
             spectra[i] = s
             refined[i] = True
+    rand = _random_spectra(loaded, opts, device, rng) if opts.randomize else {}
     out: list[Any] = []
     pos = 0
     for ti, ms in enumerate(loaded.mats):
@@ -238,26 +239,32 @@ def _compute(loaded: _Loaded, opts: ScanOptions, device: int | None, rng: np.ran
             out.append(ms)
             continue
         n = len(ms)
-        rand = _random_spectra(loaded.tensors[ti], ms, opts, device, rng) if opts.randomize else None
-        out.append((spectra[pos:pos + n], refined[pos:pos + n], rand))
+        out.append((spectra[pos:pos + n], refined[pos:pos + n], rand.get(ti)))
         pos += n
     return out
 
 
-def _random_spectra(t: _Tensor, mats: list[Any], opts: ScanOptions, device: int | None,
-                    rng: np.random.Generator) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
-    """Per layer of `t`: (spectra of the replicas for the MP fit, spectra of one more for the distance),
-    as WeightWatcher's randomize=True draws them (5 replicas when the layer has < 100 eigenvalues)."""
-    out, pos = [], 0
-    for layer in t.layers:
-        ms = mats[pos:pos + layer.count]
-        pos += layer.count
-        replicas = fits.random_replicas(layer.num_evals)
-        host = [_host(m) for m in ms]
-        shuffled = [fits.shuffled(h, rng) for _ in range(replicas + 1) for h in host]
-        vals = _spectra(shuffled, "auto", device)
-        k = len(host)
-        out.append((vals[:replicas * k], vals[replicas * k:]))
+def _random_spectra(loaded: _Loaded, opts: ScanOptions, device: int | None,
+                    rng: np.random.Generator) -> dict[int, list[tuple[list[np.ndarray], list[np.ndarray]]]]:
+    """Per tensor, per layer: (spectra of the replicas for the MP fit, spectra of one more shuffle for
+    the distance), drawn as WeightWatcher's randomize=True draws them (fits.random_replicas: 5
+    replicas below 100 eigenvalues). All shuffled matrices of the chunk go to the engine at once."""
+    shuffled, plan = [], []
+    for ti, ms in enumerate(loaded.mats):
+        if isinstance(ms, BaseException):
+            continue
+        pos = 0
+        for li, layer in enumerate(loaded.tensors[ti].layers):
+            host = [_host(m) for m in ms[pos:pos + layer.count]]
+            pos += layer.count
+            replicas = fits.random_replicas(layer.num_evals)
+            plan.append((ti, li, len(shuffled), replicas, len(host)))
+            shuffled.extend(fits.shuffled(h, rng) for _ in range(replicas + 1) for h in host)
+    vals = _spectra(shuffled, "auto", device)
+    out: dict[int, list] = {}
+    for ti, li, start, replicas, k in plan:
+        v = vals[start:start + (replicas + 1) * k]
+        out.setdefault(ti, []).append((v[:replicas * k], v[replicas * k:]))
     return out
 
 
