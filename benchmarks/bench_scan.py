@@ -120,23 +120,25 @@ def model_case(name: str, model, repeat: int, ww_kwargs: dict, rs_kwargs: dict) 
             "layers_in_both": len(common), "ww_kwargs": ww_kwargs, "rs_kwargs": rs_kwargs}
 
 
-def llm_case(shapes: str, keep: bool) -> dict:
+def llm_case(shapes: str, keep: bool, device: str = "auto", gen_device: str | None = None,
+             folder: str | None = None) -> dict:
     import rankscope as rs
     from make_synthetic_llm import write
     from rankscope.scan.examples import decoder_shapes
 
-    d = tempfile.mkdtemp(prefix="rankscope-llm-")
+    d = tempfile.mkdtemp(prefix="rankscope-llm-", dir=folder)
     path = os.path.join(d, f"{shapes}.safetensors")
-    info = write(path, decoder_shapes(shapes))
+    info = write(path, decoder_shapes(shapes), torch_device=gen_device)
+    _drop_page_cache(path)
     try:
         with _PeakAnon() as peak:
             t = time.perf_counter()
-            rep = rs.scan(path, progress=False)
+            rep = rs.scan(path, progress=False, device=device)
             elapsed = time.perf_counter() - t
         s = rep.scanned
         flagged = sorted(rep.flagged["name"])
         matrices = int(sum(float(r["num_evals"]) / float(r["M"]) for _, r in s.iterrows()))
-        return {"case": f"llm:{shapes}", "file_bytes": info["bytes"], "seconds": elapsed, "layers": len(s),
+        return {"case": f"llm:{shapes}", "device": device, "file_bytes": info["bytes"], "seconds": elapsed, "layers": len(s),
                 "matrices_per_s": matrices / elapsed, "MB_per_s": info["bytes"] / 2**20 / elapsed,
                 "peak_extra_anon_bytes": peak.peak, "flagged": flagged, "planted": info["planted"],
                 "planted_is_the_only_flag": flagged == [info["planted"]], "flops_f64": _flops(rep)}
@@ -144,6 +146,19 @@ def llm_case(shapes: str, keep: bool) -> dict:
         if not keep:
             os.remove(path)
             os.rmdir(d)
+
+
+def _drop_page_cache(path: str) -> None:
+    """Ask the kernel to forget the file's cached pages, so the scan reads it from disk (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv=None) -> int:
@@ -156,6 +171,9 @@ def main(argv=None) -> int:
     ap.add_argument("--llm", default="tinyllama-1.1b")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
+    ap.add_argument("--device", default="auto", help="device= of the llm scan")
+    ap.add_argument("--gen-device", help="draw the synthetic checkpoint with torch on this device")
+    ap.add_argument("--folder", help="where to write the synthetic checkpoint (default: the temp folder)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -173,7 +191,7 @@ def main(argv=None) -> int:
         elif c == "resnet18-mp":
             r = model_case(c, resnet(18), 1, same, dict(same, seed=0))
         elif c == "llm":
-            r = llm_case(args.llm, args.keep)
+            r = llm_case(args.llm, args.keep, args.device, args.gen_device, args.folder)
         else:
             raise SystemExit(f"unknown case {c}")
         r["floor_s"] = r["flops_f64"] / results["dgemm_f64_flops_per_s"]

@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (the device tool): build, every GPU test, the GPU benchmarks, with
 # logs and JSON under $OUT. The machine has no network: carry the scipy-openblas32 wheel in .whl/
 # (scikit-build-core is not needed with --no-build-isolation).
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"])
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"])   (.whl: scipy-openblas32 and tqdm wheels)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -16,3 +16,9 @@ day=$(date +%F)
 python3 benchmarks/gpu_bench.py --rows "${ROWS:-0,1}" --no-cupy --out "$OUT/gpu-$dev-$day.json" 2>&1 | tee "$OUT/gpu-$dev-$day.log"
 python3 benchmarks/gpu_host_bench.py --rows "${HOST_ROWS:-0,1,3}" --out "$OUT/gpu-host-$dev-$day.json" 2>&1 \
   | tee "$OUT/gpu-host-$dev-$day.log"
+# The scanner on the GPU: its GPU test, then a Llama-7B-shaped bfloat16 checkpoint (13.5 GB, drawn by
+# torch on the GPU, page cache dropped) scanned from disk end to end (goal: <= 20 s). .whl/ must also
+# hold the tqdm wheel (the scanner's progress bar); the machine has pandas and safetensors.
+python3 -m pytest -q -m cuda tests/test_scan.py -p no:cacheprovider 2>&1 | tee "$OUT/scan-tests.log" | tail -5
+python3 benchmarks/bench_scan.py --cases llm --llm "${LLM:-llama-7b}" --device cuda --gen-device cuda \
+  --folder /tmp --out "$OUT/scan-llm-$dev-$day.json" 2>&1 | tee "$OUT/scan-llm-$dev-$day.log" | tail -3

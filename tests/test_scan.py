@@ -403,3 +403,30 @@ def test_cli_exit_codes(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
     assert cli.main(["scan", str(tmp_path / "bad.safetensors"), "--quiet"]) == 1
     assert "error" in capsys.readouterr().out
+
+
+# ---- GPU (run by `pytest -m cuda` on a lent GPU; skipped elsewhere) ---------------------------------
+
+
+def _gpu() -> bool:
+    from rankscope._backend import cuda_available
+
+    return bool(cuda_available() and torch.cuda.is_available())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU with rankscope's CUDA backend")
+def test_scan_on_gpu_equals_cpu(tmp_path, rng):
+    """Host files streamed through the GPU, and a model on the GPU, give the CPU's rows."""
+    sd = _mixed_model(rng)
+    sd["graded"] = _graded(rng, 70, 30, -36, "float32", increasing=True).numpy()
+    sd["bf16"] = _graded(rng, 64, 48, -30, "bfloat16")
+    save_torch({k: torch.as_tensor(v) for k, v in sd.items()}, tmp_path / "m.safetensors")
+    cols = ["name", "sv_max", "sv_min", "matrix_rank", "rank_loss", "alpha", "stable_rank", "refined"]
+    cpu = rs.scan(str(tmp_path / "m.safetensors"), device="cpu", progress=False).scanned[cols]
+    gpu = rs.scan(str(tmp_path / "m.safetensors"), device="cuda", progress=False).scanned[cols]
+    pd.testing.assert_frame_equal(cpu.reset_index(drop=True), gpu.reset_index(drop=True), rtol=1e-6)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Conv2d(3, 16, 3)).cuda()
+    a = rs.scan(model, progress=False).scanned[cols]
+    b = rs.scan(model.cpu(), device="cpu", progress=False).scanned[cols]
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), rtol=1e-6)
