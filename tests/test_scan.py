@@ -75,7 +75,7 @@ def test_policy_cut_views(rng):
 
 def test_policy_filters():
     infos = [_info(f"layers.{i}.{p}.weight", (16, 16 * (i + 1))) for i in range(3) for p in ("q", "mlp")]
-    names = lambda **kw: [layer.name for layer in policy.plan(infos, **kw) if layer.skip is None]  # noqa: E731
+    names = lambda **kw: [layer.name for layer in policy.plan(infos, **kw) if layer.skip is None]
     assert names(layers=r"\.q\.") == ["layers.0.q.weight", "layers.1.q.weight", "layers.2.q.weight"]
     assert names(layers="*.mlp.*") == ["layers.0.mlp.weight", "layers.1.mlp.weight", "layers.2.mlp.weight"]
     assert names(layers=["layers.0.*", r"2\.q"]) == ["layers.0.q.weight", "layers.0.mlp.weight",
@@ -307,7 +307,7 @@ def test_resume_skips_finished_files(tmp_path, rng, monkeypatch):
     second = rs.scan(str(tmp_path / "zoo"), out=str(out), progress=False)
     layers = second.layers
     assert len(second.scanned) == 3 + 3 + 1  # m0, m2 kept, m1 rescanned with its one tensor
-    assert (layers.groupby("model")["name"].apply(lambda s: s.duplicated().any()) == False).all()  # noqa: E712
+    assert not layers.duplicated(["model", "name"]).any()
     assert layers.loc[layers["status"] != "error", "model"].nunique() == 3
     assert len(second.errors) == 1  # the broken file is tried again, and reported once
     # the file written equals what was returned

@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from .scan.examples import example_model  # noqa: F401 - re-exported: the example the CLI scans
+from .scan.examples import example_model
 
 _SUMMARY = ("model", "name", "shape", "matrix_rank", "rank_loss", "log10_sv_min_rel", "alpha", "stable_rank")
 

@@ -45,7 +45,7 @@ def example_model(seed: int = 0) -> dict[str, np.ndarray]:
 
 def resnet(depth: int = 18, num_classes: int = 1000) -> Any:
     """A ResNet-18/34/50/101-shaped torch model (torchvision's layer shapes, random init)."""
-    import torch.nn as nn
+    from torch import nn
 
     bottleneck = depth >= 50
     blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
@@ -87,7 +87,7 @@ def resnet(depth: int = 18, num_classes: int = 1000) -> Any:
 
 def bert(layers: int = 12, d: int = 768, ff: int = 3072, vocab: int = 30522, positions: int = 512) -> Any:
     """A BERT-base-shaped torch encoder (embeddings, attention, MLP, pooler; random init)."""
-    import torch.nn as nn
+    from torch import nn
 
     class Layer(nn.Module):
         def __init__(self):

@@ -58,7 +58,7 @@ def plot_esd(report, model: str, name: str, *, ax: Any = None, bins: int = 80) -
     if ev.size:
         lo, hi = np.log10(ev.min()), np.log10(ev.max())
         edges = np.logspace(lo, hi if hi > lo else lo + 1e-3, bins + 1)
-        dens, edges, _ = ax.hist(ev, bins=edges, density=True, color="royalblue", alpha=0.6, label="ESD")
+        ax.hist(ev, bins=edges, density=True, color="royalblue", alpha=0.6, label="ESD")
         N, M = float(row["N"]), float(row["M"])
         if N > 0 and M > 0:
             # l = s² without 1/N: the MP bulk of an N × M matrix of variance σ² ends at N·σ²(1 + 1/√Q)²,

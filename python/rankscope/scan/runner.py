@@ -326,7 +326,6 @@ def _with_errors(models: Iterator) -> Iterator:
 
 def _run_window(window, opts: ScanOptions, device, rng, base_models, on_window, bar, t0, done_bytes) -> int:
     tensors: list[_Tensor] = []
-    rows_by_layer: dict[int, dict] = {}
     evals: dict = {}
     order: list[tuple[int, Layer]] = []  # (model index, layer), report order
     for mi, (src, layers) in enumerate(window):

@@ -32,7 +32,6 @@ import importlib
 import json
 import os
 import struct
-import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from functools import cache, partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+from .._arrays import _torch, is_torch
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -211,14 +212,9 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _torch_module():
-    """torch if it is already imported (an nn.Module or tensor can only exist if it is), else None."""
-    return sys.modules.get("torch")
-
-
-def _is_torch_tensor(x: Any) -> bool:
-    torch = _torch_module()
-    return torch is not None and isinstance(x, torch.Tensor)
+# torch if it is already imported (an nn.Module or tensor can only exist if it is), else None
+_torch_module = _torch
+_is_torch_tensor = is_torch
 
 
 def _is_module(x: Any) -> bool:
