@@ -329,6 +329,42 @@ def test_delta_scan(tmp_path, rng):
     assert rows["new"]["status"] == "skipped" and "base" in rows["new"]["warning"]
 
 
+def test_scan_gguf_npz_onnx_files(tmp_path, rng):
+    """Each file kind through the whole scan: rows equal numpy's float64 SVD of what the file stores."""
+    gguf = pytest.importorskip("gguf")
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    a = rng.standard_normal((48, 64)).astype(np.float32)
+    q = rng.standard_normal((32, 96)).astype(np.float32)
+    qq = gguf.quants.quantize(q, gguf.GGMLQuantizationType.Q8_0)
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    w.add_tensor("blk.0.attn_q.weight", a)
+    w.add_tensor("blk.0.ffn_up.weight", qq, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    np.savez(tmp_path / "m.npz", **{"fc.weight": a, "fc.bias": a[0]})
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 48])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(a, "W")])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    rep = rs.scan(str(tmp_path), progress=False)
+    by = {(r["model"], r["name"]): r for _, r in rep.layers.iterrows()}
+    deq = gguf.quants.dequantize(qq, gguf.GGMLQuantizationType.Q8_0)
+    for key, mat in ((("m", "blk.0.attn_q.weight"), a), (("m", "blk.0.ffn_up.weight"), deq),
+                     (("m", "fc.weight"), a), (("m", "W"), a)):
+        hits = [r for k, r in by.items() if k[1] == key[1]]
+        assert hits, key
+        s = _np_svd(mat)
+        for r in hits:
+            assert r["sv_max"] == pytest.approx(s[0], rel=1e-6) and r["sv_min"] == pytest.approx(s[-1], rel=1e-5)
+    assert by[next(k for k in by if k[1] == "blk.0.ffn_up.weight")]["dtype"] == "Q8_0"
+    assert len(rep.errors) == 0 and rep.layers["model"].nunique() == 3
+
+
 def test_scan_does_not_modify_or_copy_inputs(rng):
     w = rng.standard_normal((50, 30)).astype(np.float32)
     before = w.copy()
