@@ -1,0 +1,106 @@
+"""rankscope.torch.capture: hooks stream activations into the accumulators; results equal the
+one-shot diagnostics on the activations collected by hand; hooks never outlive the call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rankscope.collapse as collapse
+import torch
+from rankscope.torch.capture import capture
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, d_in=12, h=16, k=4):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(d_in, h)
+        self.act = torch.nn.ReLU()
+        self.fc2 = torch.nn.Linear(h, h)
+        self.head = torch.nn.Linear(h, k)
+
+    def forward(self, x):
+        return self.head(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+def _data(rng, n=96, d_in=12, k=4, batch=32):
+    x = torch.from_numpy(rng.standard_normal((n, d_in))).float()
+    y = torch.from_numpy(rng.integers(0, k, n))
+    y[:k] = torch.arange(k)  # every class present
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)], x, y
+
+
+def test_capture_equals_one_shot(rng):
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    net = _Net()
+    loader, x, y = _data(rng)
+    df = capture(net, loader, labels=False, progress=False)
+    assert list(df["layer"]) == ["fc1", "fc2", "head"] and (df["status"] == "success").all()
+    with torch.no_grad():
+        acts = {"fc1": net.fc1(x), "fc2": net.fc2(net.act(net.fc1(x))), "head": net(x)}
+    for _, r in df.iterrows():
+        z = acts[r["layer"]].double().numpy()
+        assert r["n_samples"] == len(x) and r["d"] == z.shape[1]
+        fs = collapse.feature_std(z)
+        assert r["mean_std"] == pytest.approx(float(np.asarray(fs["mean_std"])), rel=1e-9)
+        assert r["std_of_l2_normalized"] == pytest.approx(float(collapse.std_of_l2_normalized(z)), rel=1e-9)
+        assert r["mean_pairwise_cosine"] == pytest.approx(float(collapse.mean_pairwise_cosine(z)), rel=1e-9,
+                                                          abs=1e-12)
+        s = np.linalg.svd(z, compute_uv=False)
+        p = s / s.sum() + 1e-7
+        assert r["rankme"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-8)
+    assert not net._forward_hooks and not any(m._forward_hooks for m in net.modules())
+
+
+def test_capture_input_and_patterns(rng):
+    net = _Net()
+    loader, x, _ = _data(rng)
+    df = capture(net, loader, layers="head", where="input", labels=False, progress=False)
+    assert list(df["layer"]) == ["head"] and df["d"].iloc[0] == 16
+    df = capture(net, loader, layers=["fc*"], labels=False, progress=False, max_batches=2)
+    assert list(df["layer"]) == ["fc1", "fc2"] and (df["n_samples"] == 64).all()
+    with pytest.raises(ValueError, match="no module"):
+        capture(net, loader, layers="nope", progress=False)
+    with pytest.raises(ValueError, match="where"):
+        capture(net, loader, where="grad", progress=False)
+
+
+def test_capture_token_and_conv_rows(rng):
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    xs = [torch.from_numpy(rng.standard_normal((10, 3, 9, 9))).float() for _ in range(2)]
+    df = capture(conv, xs, layers="0", progress=False)
+    assert df["d"].iloc[0] == 8 and df["n_samples"].iloc[0] == 20  # global average pooled
+    df = capture(conv, xs, layers="0", spatial="flatten", progress=False)
+    assert df["d"].iloc[0] == 8 * 7 * 7
+    tok = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    ts = [torch.from_numpy(rng.standard_normal((4, 7, 6))).float()]
+    assert capture(tok, ts, progress=False)["n_samples"].iloc[0] == 4
+    assert capture(tok, ts, tokens="flatten", progress=False)["n_samples"].iloc[0] == 28
+
+
+def test_hooks_removed_and_mode_restored_on_error(rng):
+    net = _Net()
+    net.train()
+
+    def bad():
+        yield torch.zeros(4, 12)
+        raise RuntimeError("loader broke")
+
+    with pytest.raises(RuntimeError, match="loader broke"):
+        capture(net, bad(), labels=False, progress=False)
+    assert net.training and not any(m._forward_hooks for m in net.modules())
+
+
+def test_capture_neural_collapse(rng):
+    """With labels: the NC metrics of the captured penultimate features equal the one-shot ones."""
+    nc = pytest.importorskip("rankscope.neural_collapse")
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    net = _Net()
+    loader, x, y = _data(rng)
+    df = capture(net, loader, layers="head", where="input", num_classes=4, classifier=net.head, progress=False)
+    with torch.no_grad():
+        h = net.act(net.fc2(net.act(net.fc1(x)))).double().numpy()
+    r = df.iloc[0]
+    assert r["status"] == "success"
+    assert r["nc1"] == pytest.approx(float(np.asarray(nc.nc1(h, y.numpy()))), rel=1e-6)
+    with pytest.raises(ValueError, match="num_classes"):
+        capture(net, loader, layers="head", progress=False)
