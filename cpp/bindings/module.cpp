@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "kernels/tiny_gram.h"
 #include "lapack/lapack.h"
 #include "metrics/metrics.h"
+#include "metrics/penalties.h"
 #include "rankscope/dispatch.h"
 #include "rankscope/engine.h"
 #include "rankscope/errors.h"
@@ -258,6 +260,246 @@ py::tuple tiny_gram_svals(py::handle x) {
   return py::make_tuple(out, st);
 }
 
+// ---- penalties (VICReg, Barlow Twins) ------------------------------------------------------------
+
+// The N × d matrices of a (..., N, d) host array, in batch order.
+std::vector<MatrixRef> matrices_of(const ArrayView& v, const char* what) {
+  require_cpu(v, what);
+  RS_CHECK(v.ndim() >= 2, InvalidArgument, what, " must have at least 2 dimensions (..., N, d), got ", v.ndim());
+  const int nd = v.ndim() - 2;
+  const int64_t N = v.shape[nd], d = v.shape[nd + 1];
+  RS_CHECK(N >= 1 && d >= 1, InvalidArgument, what, " must have N >= 1 samples and d >= 1 features, got ", N,
+           " x ", d);
+  int64_t count = 1;
+  for (int k = 0; k < nd; ++k) count *= v.shape[k];
+  std::vector<MatrixRef> out(count);
+  for_each_batch(v.shape, v.strides, nd, [&](int64_t b, int64_t off) {
+    out[b] = {at(v, off), v.dtype, N, d, v.strides[nd], v.strides[nd + 1]};
+  });
+  return out;
+}
+
+// The writable N × d matrices of a float32/float64 (..., N, d) host array shaped like `like`.
+std::vector<penalties::MatrixOut> outputs_of(const ArrayView& v, const ArrayView& like, const char* what) {
+  require_cpu(v, what);
+  RS_CHECK(v.shape == like.shape, InvalidArgument, what, " must have the shape of the input");
+  RS_CHECK(v.dtype == like.dtype, TypeMismatch, what, " must have the input's dtype ", dtype_name(like.dtype));
+  const int nd = v.ndim() - 2;
+  int64_t count = 1;
+  for (int k = 0; k < nd; ++k) count *= v.shape[k];
+  std::vector<penalties::MatrixOut> out(count);
+  for_each_batch(v.shape, v.strides, nd, [&](int64_t b, int64_t off) {
+    out[b] = {at(v, off), v.dtype, v.strides[nd], v.strides[nd + 1]};
+  });
+  return out;
+}
+
+// Data of a C-contiguous host array of `dtype` and `shape` (outputs and saved state the Python layer
+// allocates); throws naming `what` otherwise.
+void* contiguous(const ArrayView& v, DType dtype, const std::vector<int64_t>& shape, const char* what) {
+  require_cpu(v, what);
+  bool ok = v.dtype == dtype && v.shape == shape;
+  int64_t s = 1;
+  for (int k = v.ndim() - 1; ok && k >= 0; --k) {
+    ok = v.shape[k] <= 1 || v.strides[k] == s;
+    s *= v.shape[k];
+  }
+  RS_CHECK(ok, InvalidArgument, what, " must be a C-contiguous ", dtype_name(dtype), " array of shape ",
+           py::str(py::tuple(py::cast(shape))).cast<std::string>());
+  return v.data;
+}
+
+// Optional outputs: None → nullptr.
+struct Optional {
+  std::optional<ImportedArray> arr;
+  void* data = nullptr;
+  Optional(py::handle h, DType dtype, const std::vector<int64_t>& shape, const char* what, bool writable) {
+    if (h.is_none()) return;
+    arr.emplace(import_array(h, what, writable));
+    data = contiguous(arr->view, dtype, shape, what);
+  }
+};
+
+// The branches zs (a list of 1 or 2 arrays of one shape and dtype) and their matrices.
+struct Branches {
+  std::vector<ImportedArray> arrays;
+  std::vector<std::vector<MatrixRef>> mats;
+  int64_t B = 0, N = 0, d = 0;
+  DType dtype = DType::F64;
+};
+
+Branches import_branches(const py::sequence& zs) {
+  Branches br;
+  const size_t R = py::len(zs);
+  RS_CHECK(R == 1 || R == 2, InvalidArgument, "zs must hold 1 or 2 arrays, got ", R);
+  for (size_t r = 0; r < R; ++r) {
+    const std::string name = "z" + std::to_string(r + 1);
+    br.arrays.push_back(import_array(zs[r], name.c_str(), false));
+    br.mats.push_back(matrices_of(br.arrays.back().view, name.c_str()));
+  }
+  const ArrayView& v = br.arrays[0].view;
+  if (R == 2) {
+    RS_CHECK(br.arrays[1].view.shape == v.shape, InvalidArgument, "z1 and z2 must have the same shape");
+    RS_CHECK(br.arrays[1].view.dtype == v.dtype, TypeMismatch, "z1 and z2 must have the same dtype");
+  }
+  br.B = static_cast<int64_t>(br.mats[0].size());
+  br.N = v.shape[v.ndim() - 2];
+  br.d = v.shape[v.ndim() - 1];
+  br.dtype = v.dtype;
+  return br;
+}
+
+py::tuple penalty_plan(const std::string& dtype, int64_t n, int64_t d) {
+  const penalties::Plan p = penalties::plan(parse_dtype(dtype), n, d);
+  return py::make_tuple(p.side == penalties::Side::Gram ? "gram" : "features", dtype_name(p.work), p.k);
+}
+
+py::array_t<int8_t> invariance_batch(py::handle z1, py::handle z2, py::handle out) {
+  Branches br = import_branches(py::make_tuple(z1, z2));
+  ImportedArray oa = import_array(out, "out", true);
+  double* o = static_cast<double*>(contiguous(oa.view, DType::F64, {br.B}, "out"));
+  std::vector<penalties::VicregTask> tasks(br.B);
+  for (int64_t b = 0; b < br.B; ++b) tasks[b] = {br.mats[0][b], br.mats[1][b], o + b, nullptr, nullptr, nullptr, nullptr};
+  py::array_t<int8_t> status(br.B);
+  int8_t* st = status.mutable_data();
+  py::gil_scoped_release nogil;
+  penalties::invariance(tasks, st);
+  return status;
+}
+
+// terms (B, R, 2) float64: [mean_j relu(γ − s_j), Σ_{i≠j} C_ij²/d] per branch; inv (B,) float64 or None;
+// stats (B, R, 2, d) float64 or None; mats (B, R, k, k) of the plan's work dtype or None.
+// Returns the status (B, R).
+py::array_t<int8_t> vicreg_forward_batch(const py::sequence& zs, double gamma, double eps, bool with_cov,
+                                         py::handle terms, py::handle inv, py::handle stats, py::handle mats) {
+  Branches br = import_branches(zs);
+  const int64_t B = br.B, R = static_cast<int64_t>(br.mats.size()), d = br.d;
+  const penalties::Plan pl = penalties::plan(br.dtype, br.N, d);
+  ImportedArray ta = import_array(terms, "terms", true);
+  double* tp = static_cast<double*>(contiguous(ta.view, DType::F64, {B, R, 2}, "terms"));
+  RS_CHECK(inv.is_none() || R == 2, InvalidArgument, "inv needs two branches");
+  Optional io(inv, DType::F64, {B}, "inv", true), so(stats, DType::F64, {B, R, 2, d}, "stats", true);
+  RS_CHECK(mats.is_none() || with_cov, InvalidArgument, "mats are saved only with the covariance term");
+  Optional mo(mats, pl.work, {B, R, pl.k, pl.k}, "mats", true);
+  std::vector<penalties::VicregTask> tasks(B * R);
+  const size_t msize = static_cast<size_t>(pl.k) * pl.k * itemsize(pl.work);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t i = b * R + r;
+      penalties::VicregTask& t = tasks[i];
+      t.z = br.mats[r][b];
+      t.other = {nullptr, br.dtype, 0, 0, 0, 0};
+      t.inv = nullptr;
+      if (io.data && r == 0) {
+        t.other = br.mats[1][b];
+        t.inv = static_cast<double*>(io.data) + b;
+      }
+      t.var = tp + 2 * i;
+      t.cov = with_cov ? tp + 2 * i + 1 : nullptr;
+      if (!with_cov) tp[2 * i + 1] = 0.0;
+      t.stats = so.data ? static_cast<double*>(so.data) + 2 * d * i : nullptr;
+      t.mat = mo.data ? static_cast<char*>(mo.data) + msize * i : nullptr;
+    }
+  py::array_t<int8_t> status({B, R});
+  int8_t* st = status.mutable_data();
+  py::gil_scoped_release nogil;
+  penalties::vicreg_forward(tasks, gamma, eps, st);
+  return status;
+}
+
+// coef (B, R, 3) float64: [a_var, a_cov, a_inv]; stats, mats as saved (mats None: no covariance
+// gradient); grads: a list of R outputs shaped and typed like zs. The invariance term (a_inv) pairs
+// branch r with the other branch.
+void vicreg_backward_batch(const py::sequence& zs, double gamma, double eps, py::handle coef, py::handle stats,
+                           py::handle mats, const py::sequence& grads) {
+  Branches br = import_branches(zs);
+  const int64_t B = br.B, R = static_cast<int64_t>(br.mats.size()), d = br.d;
+  const penalties::Plan pl = penalties::plan(br.dtype, br.N, d);
+  ImportedArray ca = import_array(coef, "coef", false), sa = import_array(stats, "stats", false);
+  const double* cp = static_cast<const double*>(contiguous(ca.view, DType::F64, {B, R, 3}, "coef"));
+  const double* sp = static_cast<const double*>(contiguous(sa.view, DType::F64, {B, R, 2, d}, "stats"));
+  Optional mo(mats, pl.work, {B, R, pl.k, pl.k}, "mats", false);
+  RS_CHECK(static_cast<int64_t>(py::len(grads)) == R, InvalidArgument, "grads must hold ", R, " arrays");
+  std::vector<ImportedArray> ga;
+  std::vector<std::vector<penalties::MatrixOut>> gm;
+  for (int64_t r = 0; r < R; ++r) {
+    ga.push_back(import_array(grads[r], "grad", true));
+    gm.push_back(outputs_of(ga.back().view, br.arrays[r].view, "grad"));
+  }
+  const size_t msize = static_cast<size_t>(pl.k) * pl.k * itemsize(pl.work);
+  std::vector<penalties::VicregGradTask> tasks(B * R);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t i = b * R + r;
+      penalties::VicregGradTask& t = tasks[i];
+      t.z = br.mats[r][b];
+      t.other = R == 2 ? br.mats[1 - r][b] : MatrixRef{nullptr, br.dtype, 0, 0, 0, 0};
+      t.stats = sp + 2 * d * i;
+      t.mat = mo.data ? static_cast<const char*>(mo.data) + msize * i : nullptr;
+      t.a_var = cp[3 * i];
+      t.a_cov = mo.data ? cp[3 * i + 1] : 0.0;
+      t.a_inv = R == 2 ? cp[3 * i + 2] : 0.0;
+      t.grad = gm[r][b];
+    }
+  py::gil_scoped_release nogil;
+  penalties::vicreg_backward(tasks, gamma, eps);
+}
+
+// terms (B, 2) float64: [Σ(1 − c_ii)², Σ_{i≠j} c_ij²]; stats (B, 4, d), cdiag (B, d) float64 or None;
+// mats (B, n_mats, k, k) of the plan's work dtype or None (n_mats 1 on the d × d side, 2 on the Gram
+// side). Returns the status (B,).
+py::array_t<int8_t> barlow_forward_batch(py::handle z1, py::handle z2, double eps, py::handle terms,
+                                         py::handle stats, py::handle cdiag, py::handle mats) {
+  Branches br = import_branches(py::make_tuple(z1, z2));
+  const int64_t B = br.B, d = br.d;
+  const penalties::Plan pl = penalties::plan(br.dtype, br.N, d);
+  const int64_t nm = pl.side == penalties::Side::Gram ? 2 : 1;
+  ImportedArray ta = import_array(terms, "terms", true);
+  double* tp = static_cast<double*>(contiguous(ta.view, DType::F64, {B, 2}, "terms"));
+  Optional so(stats, DType::F64, {B, 4, d}, "stats", true), co(cdiag, DType::F64, {B, d}, "cdiag", true);
+  Optional mo(mats, pl.work, {B, nm, pl.k, pl.k}, "mats", true);
+  const size_t msize = static_cast<size_t>(nm) * pl.k * pl.k * itemsize(pl.work);
+  std::vector<penalties::BarlowTask> tasks(B);
+  for (int64_t b = 0; b < B; ++b)
+    tasks[b] = {br.mats[0][b],
+                br.mats[1][b],
+                tp + 2 * b,
+                tp + 2 * b + 1,
+                so.data ? static_cast<double*>(so.data) + 4 * d * b : nullptr,
+                co.data ? static_cast<double*>(co.data) + d * b : nullptr,
+                mo.data ? static_cast<char*>(mo.data) + msize * b : nullptr};
+  py::array_t<int8_t> status(B);
+  int8_t* st = status.mutable_data();
+  py::gil_scoped_release nogil;
+  penalties::barlow_forward(tasks, eps, st);
+  return status;
+}
+
+// coef (B, 2) float64: [a_on, a_off]; stats, cdiag, mats as saved; g1, g2 shaped and typed like z1, z2.
+void barlow_backward_batch(py::handle z1, py::handle z2, double eps, py::handle coef, py::handle stats,
+                           py::handle cdiag, py::handle mats, py::handle g1, py::handle g2) {
+  Branches br = import_branches(py::make_tuple(z1, z2));
+  const int64_t B = br.B, d = br.d;
+  const penalties::Plan pl = penalties::plan(br.dtype, br.N, d);
+  const int64_t nm = pl.side == penalties::Side::Gram ? 2 : 1;
+  ImportedArray ca = import_array(coef, "coef", false), sa = import_array(stats, "stats", false),
+                da = import_array(cdiag, "cdiag", false), ma = import_array(mats, "mats", false);
+  const double* cp = static_cast<const double*>(contiguous(ca.view, DType::F64, {B, 2}, "coef"));
+  const double* sp = static_cast<const double*>(contiguous(sa.view, DType::F64, {B, 4, d}, "stats"));
+  const double* dp = static_cast<const double*>(contiguous(da.view, DType::F64, {B, d}, "cdiag"));
+  const char* mp = static_cast<const char*>(contiguous(ma.view, pl.work, {B, nm, pl.k, pl.k}, "mats"));
+  ImportedArray ga1 = import_array(g1, "g1", true), ga2 = import_array(g2, "g2", true);
+  std::vector<penalties::MatrixOut> o1 = outputs_of(ga1.view, br.arrays[0].view, "g1"),
+                                    o2 = outputs_of(ga2.view, br.arrays[1].view, "g2");
+  const size_t msize = static_cast<size_t>(nm) * pl.k * pl.k * itemsize(pl.work);
+  std::vector<penalties::BarlowGradTask> tasks(B);
+  for (int64_t b = 0; b < B; ++b)
+    tasks[b] = {br.mats[0][b], br.mats[1][b], sp + 4 * d * b, dp + d * b, mp + msize * b,
+                cp[2 * b],     cp[2 * b + 1], o1[b],          o2[b]};
+  py::gil_scoped_release nogil;
+  penalties::barlow_backward(tasks, eps);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -293,6 +535,25 @@ PYBIND11_MODULE(_core, m) {
         py::arg("out"), "Copies matrices b0 .. b1 of x into a contiguous array (the GPU staging copy; for tests).");
   m.def("_tiny_gram_svals", &tiny_gram_svals, py::arg("x"),
         "The GPU's tiny-matrix route (cpp/kernels/tiny_gram.h) run on the host on one matrix: (values, status).");
+  m.def("penalty_plan", &penalty_plan, py::arg("dtype"), py::arg("n"), py::arg("d"),
+        "(side, work dtype, k) of the VICReg/Barlow Twins product for one N x d matrix: 'features' (k = d) or "
+        "'gram' (k = N).");
+  m.def("invariance", &invariance_batch, py::arg("z1"), py::arg("z2"), py::arg("out"),
+        "mean((z1 - z2)**2) of each (N, d) pair into out (B,) float64; returns the status (B,).");
+  m.def("vicreg_forward", &vicreg_forward_batch, py::arg("zs"), py::arg("gamma"), py::arg("eps"),
+        py::arg("with_cov"), py::arg("terms"), py::arg("inv") = py::none(), py::arg("stats") = py::none(),
+        py::arg("mats") = py::none(),
+        "Per-branch VICReg variance and covariance terms (and the invariance term) of each (N, d) matrix; "
+        "returns the status (B, R).");
+  m.def("vicreg_backward", &vicreg_backward_batch, py::arg("zs"), py::arg("gamma"), py::arg("eps"),
+        py::arg("coef"), py::arg("stats"), py::arg("mats"), py::arg("grads"),
+        "Closed-form gradients of the VICReg terms into grads, from what vicreg_forward saved.");
+  m.def("barlow_forward", &barlow_forward_batch, py::arg("z1"), py::arg("z2"), py::arg("eps"), py::arg("terms"),
+        py::arg("stats") = py::none(), py::arg("cdiag") = py::none(), py::arg("mats") = py::none(),
+        "Barlow Twins terms [sum (1 - c_ii)^2, sum_{i!=j} c_ij^2] of each pair; returns the status (B,).");
+  m.def("barlow_backward", &barlow_backward_batch, py::arg("z1"), py::arg("z2"), py::arg("eps"), py::arg("coef"),
+        py::arg("stats"), py::arg("cdiag"), py::arg("mats"), py::arg("g1"), py::arg("g2"),
+        "Closed-form gradients of the Barlow Twins terms into g1, g2, from what barlow_forward saved.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &num_threads);
   m.def("available_cpus", &available_cpus);
