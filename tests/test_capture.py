@@ -104,3 +104,20 @@ def test_capture_neural_collapse(rng):
     assert r["nc1"] == pytest.approx(float(np.asarray(nc.nc1(h, y.numpy()))), rel=1e-6)
     with pytest.raises(ValueError, match="num_classes"):
         capture(net, loader, layers="head", progress=False)
+
+
+def test_capture_two_passes_gives_nc4(rng):
+    nc = pytest.importorskip("rankscope.neural_collapse")
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    net = _Net()
+    loader, x, y = _data(rng)
+    one = capture(net, loader, layers="head", where="input", num_classes=4, classifier=net.head, progress=False)
+    two = capture(net, loader, layers="head", where="input", num_classes=4, classifier=net.head, passes=2,
+                  progress=False)
+    assert two["nc1"].iloc[0] == pytest.approx(one["nc1"].iloc[0], rel=1e-9)
+    with torch.no_grad():
+        h = net.act(net.fc2(net.act(net.fc1(x)))).double().numpy()
+    ref = nc.nc4(h, y.numpy(), net.head.weight.detach().double().numpy(), net.head.bias.detach().double().numpy())
+    assert "nc4" in two.columns and two["nc4"].iloc[0] == pytest.approx(float(np.asarray(ref)), abs=1e-12)
+    with pytest.raises(ValueError, match="passes=2"):
+        capture(net, loader, labels=False, passes=2, progress=False)

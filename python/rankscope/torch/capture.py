@@ -105,7 +105,7 @@ def _scalar(v: Any) -> float:
 def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[str] | None = None,
             where: str = "output", labels: bool | None = None, num_classes: int | None = None,
             classifier: torch.nn.Linear | None = None, tokens: str = "mean", spatial: str = "mean",
-            max_batches: int | None = None, forward: Callable[[torch.nn.Module, Any], Any] | None = None,
+            max_batches: int | None = None, passes: int = 1, forward: Callable[[torch.nn.Module, Any], Any] | None = None,
             gamma: float = 1.0, progress: bool | None = None, return_stats: bool = False):
     """Streams the activations of chosen layers over a loader into collapse accumulators.
 
@@ -138,7 +138,12 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
     tokens, spatial : "mean" or "flatten"
         How (B, T, d) and (B, C, H, W) activations become rows (see above).
     max_batches : int, optional
-        Stop after this many batches.
+        Stop after this many batches (per pass).
+    passes : 1 or 2
+        Neural collapse in one pass over the loader (shifted moments, the default) or two (class
+        means first, then the centred within-class scatter, as the reference implementations do;
+        also gives NC4 when `classifier` is set). With 2 the loader is iterated twice: it must be
+        re-iterable (a DataLoader or a list, not a generator) and yield the same samples.
     forward : callable, optional
         ``forward(model, inputs)`` when ``model(inputs)`` is not how the model is called.
     gamma : float
@@ -166,6 +171,8 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
             raise ValueError(f"{name} must be 'mean' or 'flatten', got {v!r}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+    if passes not in (1, 2) or isinstance(passes, bool):
+        raise ValueError(f"passes must be 1 or 2, got {passes!r}")
     if num_classes is None and classifier is not None:
         num_classes = int(classifier.out_features)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
@@ -176,7 +183,7 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
     except StopIteration:
         device = torch.device("cpu")
     stats: dict[str, dict[str, Any]] = {name: {} for name, _ in chosen}
-    state = {"labels": None}
+    state = {"labels": None, "pass": 1}
 
     def hook_for(name: str):
         def hook(module, inputs, output):
@@ -187,9 +194,10 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
                 raise TypeError(f"layer {name!r}: its {where} is a {type(t).__name__}, not a tensor")
             rows, per = _rows(t.detach(), tokens, spatial)
             acc = stats[name]
-            if "activations" not in acc:
-                acc["activations"] = ActivationStats(int(rows.shape[-1]), gamma=gamma)
-            acc["activations"].update(rows)
+            if state["pass"] == 1:
+                if "activations" not in acc:
+                    acc["activations"] = ActivationStats(int(rows.shape[-1]), gamma=gamma)
+                acc["activations"].update(rows)
             y = state["labels"]
             if y is not None:
                 if "nc" not in acc:
@@ -199,7 +207,7 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
                     if classifier is not None and classifier.in_features == rows.shape[-1]:
                         W, b = classifier.weight.detach(), (None if classifier.bias is None else
                                                             classifier.bias.detach())
-                    acc["nc"] = NeuralCollapse(num_classes, int(rows.shape[-1]), W=W, b=b)
+                    acc["nc"] = NeuralCollapse(num_classes, int(rows.shape[-1]), passes=passes, W=W, b=b)
                 yy = y.to(rows.device)
                 acc["nc"].update(rows, yy.repeat_interleave(per) if per > 1 else yy)
 
@@ -209,30 +217,42 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
 
     was_training = model.training
     handles = [m.register_forward_hook(hook_for(n)) for n, m in chosen]
+    def one_pass(p: int) -> None:
+        state["pass"] = p
+        bar = tqdm(loader, total=max_batches, unit="batch", desc=f"capture (pass {p}/{passes})" if passes > 1
+                   else "capture", disable=(not progress) if progress is not None else None)
+        for i, batch in enumerate(bar):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = _split(batch)
+            use = labels if labels is not None else y is not None
+            if use:
+                if y is None:
+                    raise ValueError(f"labels=True but batch {i} carries no integer labels")
+                if num_classes is None:
+                    raise ValueError("the batches carry labels: pass num_classes= (or classifier=) for the "
+                                     "neural-collapse metrics, or labels=False")
+                state["labels"] = y.reshape(-1).long()
+            else:
+                state["labels"] = None
+            x = _to(x, device)
+            if forward is not None:
+                forward(model, x)
+            else:
+                model(x)
+        bar.close()
+
     try:
         model.eval()
-        total = None if max_batches is None else max_batches
         with torch.no_grad():
-            for i, batch in enumerate(tqdm(loader, total=total, unit="batch", desc="capture",
-                                           disable=(not progress) if progress is not None else None)):
-                if max_batches is not None and i >= max_batches:
-                    break
-                x, y = _split(batch)
-                use = labels if labels is not None else y is not None
-                if use:
-                    if y is None:
-                        raise ValueError(f"labels=True but batch {i} carries no integer labels")
-                    if num_classes is None:
-                        raise ValueError("the batches carry labels: pass num_classes= (or classifier=) for the "
-                                         "neural-collapse metrics, or labels=False")
-                    state["labels"] = y.reshape(-1).long()
-                else:
-                    state["labels"] = None
-                x = _to(x, device)
-                if forward is not None:
-                    forward(model, x)
-                else:
-                    model(x)
+            one_pass(1)
+            if passes == 2:
+                if not any("nc" in acc for acc in stats.values()):
+                    raise ValueError("passes=2 is for the neural-collapse metrics: the batches carried no labels")
+                for acc in stats.values():
+                    if "nc" in acc:
+                        acc["nc"].start_second_pass()
+                one_pass(2)
     finally:
         for h in handles:
             h.remove()
