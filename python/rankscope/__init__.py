@@ -29,11 +29,51 @@ from ._api import (
     weak_rank_loss,
 )
 from ._errors import CudaError, LinAlgError
+from .collapse import (
+    ActivationStats,
+    attention_entropy,
+    dimensional_collapse_spectrum,
+    feature_std,
+    mean_pairwise_cosine,
+    std_of_l2_normalized,
+    token_rank_collapse,
+)
+from .neural_collapse import (
+    NeuralCollapse,
+    cdnv,
+    class_mean_rank,
+    deep_neural_collapse,
+    nc1,
+    nc1_quotient,
+    nc2_equiangularity,
+    nc2_equinorm,
+    nc2_etf_error,
+    nc3,
+    nc4,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStats",
     "CudaError",
+    "NeuralCollapse",
+    "attention_entropy",
+    "cdnv",
+    "class_mean_rank",
+    "deep_neural_collapse",
+    "dimensional_collapse_spectrum",
+    "feature_std",
+    "mean_pairwise_cosine",
+    "nc1",
+    "nc1_quotient",
+    "nc2_equiangularity",
+    "nc2_equinorm",
+    "nc2_etf_error",
+    "nc3",
+    "nc4",
+    "std_of_l2_normalized",
+    "token_rank_collapse",
     "LinAlgError",
     "build_info",
     "condition_number",
