@@ -300,7 +300,7 @@ void* contiguous(const ArrayView& v, DType dtype, const std::vector<int64_t>& sh
   require_cpu(v, what);
   bool ok = v.dtype == dtype && v.shape == shape;
   int64_t s = 1;
-  for (int k = v.ndim() - 1; ok && k >= 0; --k) {
+  for (int k = v.ndim() - 1; ok && v.size() > 0 && k >= 0; --k) {  // (an empty array has no layout)
     ok = v.shape[k] <= 1 || v.strides[k] == s;
     s *= v.shape[k];
   }

@@ -450,25 +450,35 @@ int8_t barlow_forward_one(const BarlowTask& t, const Plan& pl, double eps) {
 }
 
 // g = (D − mean_i D − ẑ · mean_i(D ẑ)) · r per column: the batch-norm backward, D row-major N × d.
-template <class W>
-void batchnorm_backward(W* dz, const W* a, const double* r, int64_t N, int64_t d, const MatrixOut& out) {
+// ẑ is recomputed in float64 from z, not read from the working copy: for small N (or variances near
+// eps) the three terms cancel by a factor ~var/eps, and ẑ rounded to float32 would lose the result.
+template <class T, class W>
+void batchnorm_backward(W* dz, const MatrixRef& z, const double* mean, const double* r, const MatrixOut& out) {
+  const T* p = static_cast<const T*>(z.ptr);
+  const int64_t N = z.m, d = z.n;
   double* s = tls.vec.get<double>(2 * d);  // the first 2d of vec: barlow_backward_one keeps r1, r2 after them
   double *s1 = s, *s2 = s + d;
   std::fill(s, s + 2 * d, 0.0);
-  for (int64_t i = 0; i < N; ++i)
+  for (int64_t i = 0; i < N; ++i) {
+    const T* row = p + i * z.rs;
     for (int64_t j = 0; j < d; ++j) {
-      const double v = dz[i * d + j];
+      const double v = dz[i * d + j], h = (to_double(row[j * z.cs]) - mean[j]) * r[j];
       s1[j] += v;
-      s2[j] += v * static_cast<double>(a[i * d + j]);
+      s2[j] += v * h;
     }
+  }
   const double nn = static_cast<double>(N);
   for (int64_t j = 0; j < d; ++j) {
     s1[j] /= nn;
     s2[j] /= nn;
   }
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < d; ++j)
-      dz[i * d + j] = static_cast<W>((dz[i * d + j] - s1[j] - static_cast<double>(a[i * d + j]) * s2[j]) * r[j]);
+  for (int64_t i = 0; i < N; ++i) {
+    const T* row = p + i * z.rs;
+    for (int64_t j = 0; j < d; ++j) {
+      const double h = (to_double(row[j * z.cs]) - mean[j]) * r[j];
+      dz[i * d + j] = static_cast<W>((dz[i * d + j] - s1[j] - h * s2[j]) * r[j]);
+    }
+  }
   store(dz, N, d, out);
 }
 
@@ -525,8 +535,8 @@ void barlow_backward_one(const BarlowGradTask& t, const Plan& pl, double eps) {
   } else {
     throw std::logic_error("barlow_backward: the Gram side works in float64");
   }
-  batchnorm_backward(d1, a1, r1, N, d, t.g1);
-  batchnorm_backward(d2, a2, r2, N, d, t.g2);
+  batchnorm_backward<T, W>(d1, z1, mean1, r1, t.g1);
+  batchnorm_backward<T, W>(d2, z2, mean2, r2, t.g2);
 }
 
 }  // namespace
