@@ -453,3 +453,29 @@ def test_activation_stats_errors(rng):
     st.update(torch.ones(2, 3))  # a fresh start may change framework
     with pytest.raises(ValueError, match="d must be"):
         rc.ActivationStats(0)
+
+
+# ---- GPU (a lent GPU runs these with -m cuda) -------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs torch with a CUDA GPU")
+def test_cuda_matches_cpu(rng):
+    z = rng.standard_normal((3, 40, 12))
+    zc = torch.from_numpy(z).cuda()
+    for fn in (rc.std_of_l2_normalized, rc.mean_pairwise_cosine, rc.token_rank_collapse):
+        got = fn(zc)
+        assert got.device.type == "cuda"
+        _close(got, _np(fn(z)), rtol=1e-10, atol=1e-15)
+    _close(rc.dimensional_collapse_spectrum(zc)["eigenvalues"],
+           _np(rc.dimensional_collapse_spectrum(z)["eigenvalues"]), rtol=0, atol=1e-13)
+    a = softmax(rng.standard_normal((2, 5, 7)))
+    _close(rc.attention_entropy(torch.from_numpy(a).cuda(), normalized=True), rc.attention_entropy(a, normalized=True))
+    st = rc.ActivationStats(12)
+    for part in zc.reshape(-1, 12).split(17):
+        st.update(part)
+    res = st.compute()
+    assert res["rankme"].device.type == "cuda"
+    _close(res["mean_pairwise_cosine"], ref_mean_pairwise_cosine(z.reshape(-1, 12)), rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="earlier batches"):
+        st.update(z[0])
