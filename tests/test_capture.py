@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import rankscope.collapse as collapse
 import torch
-from rankscope.torch.capture import capture
+from rankscope.torch import capture
 
 
 class _Net(torch.nn.Module):

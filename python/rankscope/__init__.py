@@ -51,6 +51,13 @@ from .neural_collapse import (
     nc3,
     nc4,
 )
+from .penalties import (
+    barlow_twins_loss,
+    covariance_loss,
+    invariance_loss,
+    variance_loss,
+    vicreg_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -59,6 +66,11 @@ __all__ = [
     "CudaError",
     "NeuralCollapse",
     "attention_entropy",
+    "barlow_twins_loss",
+    "covariance_loss",
+    "invariance_loss",
+    "variance_loss",
+    "vicreg_loss",
     "cdnv",
     "class_mean_rank",
     "deep_neural_collapse",

@@ -1,9 +1,11 @@
-"""PyTorch integration: differentiable penalties with closed-form gradients (`penalties`).
+"""PyTorch integration: differentiable penalties with closed-form gradients (`penalties`) and
+activation capture through forward hooks (`capture`).
 
 Importing this package imports torch; ``import rankscope`` imports neither (import
 ``rankscope.torch`` explicitly). Each submodule holds one capability; this file only re-exports.
 """
 
+from .capture import capture
 from .penalties import (
     VICRegLoss,
     barlow_twins_loss,
@@ -15,6 +17,7 @@ from .penalties import (
 
 __all__ = [
     "VICRegLoss",
+    "capture",
     "barlow_twins_loss",
     "covariance_loss",
     "invariance_loss",
