@@ -17,8 +17,8 @@ from .penalties import (
 
 __all__ = [
     "VICRegLoss",
-    "capture",
     "barlow_twins_loss",
+    "capture",
     "covariance_loss",
     "invariance_loss",
     "variance_loss",
