@@ -22,3 +22,8 @@ python3 benchmarks/gpu_host_bench.py --rows "${HOST_ROWS:-0,1,3}" --out "$OUT/gp
 python3 -m pytest -q -m cuda tests/test_scan.py -p no:cacheprovider 2>&1 | tee "$OUT/scan-tests.log" | tail -5
 python3 benchmarks/bench_scan.py --cases llm --llm "${LLM:-llama-7b}" --device cuda --gen-device cuda \
   --folder /tmp --out "$OUT/scan-llm-$dev-$day.json" 2>&1 | tee "$OUT/scan-llm-$dev-$day.log" | tail -3
+# Issue 15 on the GPU: the CUDA tests of the penalties, diagnostics and NC metrics (torch ops on the
+# device, checked against the CPU core), and the GPU rows of the VICReg benchmark.
+python3 -m pytest -q -m cuda tests/test_penalties.py tests/test_collapse.py tests/test_neural_collapse.py \
+  -p no:cacheprovider 2>&1 | tee "$OUT/collapse-tests.log" | tail -5
+python3 benchmarks/gpu_penalties_bench.py --out "$OUT/gpu-penalties-$dev-$day.json" 2>&1 | tail -3

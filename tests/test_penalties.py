@@ -502,3 +502,32 @@ def test_torch_errors():
         rt.vicreg_loss(z, torch.zeros(4, 3, device="meta"))
     with pytest.raises(TypeError, match="same dtype"):
         rt.vicreg_loss(z.half(), z)
+
+
+# ---- GPU (run by `pytest -m cuda` on a lent GPU; skipped elsewhere) ---------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs torch with a CUDA GPU")
+@pytest.mark.parametrize("shape", [(64, 48), (16, 200), (3, 40, 24)])
+def test_cuda_equals_cpu(rng, shape):
+    """CUDA tensors (torch ops, cuBLAS on the caller's stream) against the CPU core, in float64,
+    values and closed-form gradients; and float32 with TF32 off."""
+    for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        z1 = torch.from_numpy(rng.standard_normal(shape) + 3.0).to(dtype)
+        z2 = z1 + 0.5 * torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            for fn in (lambda a, b: rt.vicreg_loss(a, b).loss, rt.barlow_twins_loss):
+                out = {}
+                for dev in ("cpu", "cuda"):
+                    a = z1.to(dev).requires_grad_()
+                    b = z2.to(dev).requires_grad_()
+                    loss = fn(a, b)
+                    loss.backward()
+                    out[dev] = (loss.detach().cpu().double(), a.grad.cpu().double(), b.grad.cpu().double())
+                for c, g in zip(out["cpu"], out["cuda"]):
+                    torch.testing.assert_close(g, c, rtol=rtol, atol=rtol * float(c.abs().max()))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
