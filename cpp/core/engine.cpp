@@ -9,6 +9,7 @@
 #include <new>
 #include <numeric>
 
+#include "core/blas_tasks.h"
 #include "core/thread_pool.h"
 #include "kernels/compact.h"
 #include "lapack/lapack.h"
@@ -267,17 +268,6 @@ double flops(const MatrixRef& a, Route r) {
   return k * k * L + 4.0 / 3.0 * k * k * k;
 }
 
-// OpenBLAS runs single-threaded inside our workers (set once); a call with fewer matrices than
-// threads raises its thread count for its duration. Serialised: the setting is process-wide.
-std::mutex& blas_threads_mutex() {
-  static std::mutex m;
-  return m;
-}
-void blas_single_threaded_once() {
-  static std::once_flag once;
-  std::call_once(once, [] { lapack::set_blas_threads(1); });
-}
-
 }  // namespace
 
 const char* route_name(DType dtype, int64_t m, int64_t n, Method method) {
@@ -352,22 +342,7 @@ void svdvals(const std::vector<MatrixRef>& in, const std::vector<VectorOut>& out
     tls.shrink();
   };
 
-  blas_single_threaded_once();
-  const int nt = num_threads();
-  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
-  if (n_tasks >= nt || nt == 1) {
-    ThreadPool::instance().parallel_for(n_tasks, run_task);
-  } else {
-    std::lock_guard<std::mutex> lk(blas_threads_mutex());
-    lapack::set_blas_threads(nt);
-    try {
-      for (int64_t ti = 0; ti < n_tasks; ++ti) run_task(ti);
-    } catch (...) {
-      lapack::set_blas_threads(1);
-      throw;
-    }
-    lapack::set_blas_threads(1);
-  }
+  run_blas_tasks(static_cast<int64_t>(tasks.size()), run_task);
 }
 
 }  // namespace rankscope

@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "core/blas_tasks.h"
 #include "core/thread_pool.h"
 #include "lapack/blas.h"
 #include "lapack/lapack.h"
@@ -72,35 +73,11 @@ struct Scratch {
 };
 thread_local Scratch tls;
 
-// OpenBLAS runs single-threaded inside pool workers; fewer tasks than threads run one after another
-// with threaded BLAS instead (never both; the same policy as the svdvals engine). The thread count
-// is process-wide: serialise the sections that raise it.
-std::mutex& blas_threads_mutex() {
-  static std::mutex m;
-  return m;
-}
-
 void run_tasks(int64_t n, const std::function<void(int64_t)>& fn) {
-  static std::once_flag once;
-  std::call_once(once, [] { lapack::set_blas_threads(1); });
-  auto body = [&](int64_t i) {
+  run_blas_tasks(n, [&](int64_t i) {
     fn(i);
     tls.shrink();
-  };
-  const int nt = ThreadPool::instance().num_threads();
-  if (n >= nt || nt == 1) {
-    ThreadPool::instance().parallel_for(n, body);
-    return;
-  }
-  std::lock_guard<std::mutex> lk(blas_threads_mutex());
-  lapack::set_blas_threads(nt);
-  try {
-    for (int64_t i = 0; i < n; ++i) body(i);
-  } catch (...) {
-    lapack::set_blas_threads(1);
-    throw;
-  }
-  lapack::set_blas_threads(1);
+  });
 }
 
 bool row_major(const MatrixRef& z) { return std::llabs(z.cs) <= std::llabs(z.rs); }
