@@ -381,6 +381,8 @@ def test_bad_arguments():
         rs.scan({"w": np.eye(3)}, estimator="mle")
     with pytest.raises(TypeError):
         rs.scan(42)
+    with pytest.raises(ValueError, match="report format"):
+        rs.scan({"w": np.eye(3)}, out="report.xlsx")
 
 
 def test_api_does_not_import_scanner():

@@ -116,6 +116,14 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
                        collapse_log10=collapse_log10, collapse_rank_frac=collapse_rank_frac, alpha_range=tuple(alpha_range), refine_rtol=refine_rtol,
                        chunk_mb=chunk_mb, window_mb=window_mb, keep_evals=keep_evals, seed=seed)
     opts.validate()
+    if out is not None:  # a bad report path or a missing writer fails now, not after the first window
+        ext = os.path.splitext(os.fspath(out))[1].lower()
+        if ext not in (".csv", ".parquet", ".pq", ".json"):
+            raise ValueError(f"out: cannot tell the report format from {os.fspath(out)!r}: use .csv, .parquet or .json")
+        if ext in (".parquet", ".pq"):
+            from .sources import optional_import
+
+            optional_import("pyarrow", "parquet")
     t0 = time.perf_counter()
     previous = layer_frame([])
     done: set = set()
