@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as _metrics
+from .. import get_num_threads
 from .._api import svdvals
 from . import fits
 from .layers import FLOAT_DTYPES, Layer, plan
@@ -249,7 +250,7 @@ def _random_spectra(loaded: _Loaded, opts: ScanOptions, device: int | None,
     """Per tensor, per layer: (spectra of the replicas for the MP fit, spectra of one more shuffle for
     the distance), drawn as WeightWatcher's randomize=True draws them (fits.random_replicas: 5
     replicas below 100 eigenvalues). All shuffled matrices of the chunk go to the engine at once."""
-    shuffled, plan = [], []
+    jobs, plan = [], []
     for ti, ms in enumerate(loaded.mats):
         if isinstance(ms, BaseException):
             continue
@@ -258,8 +259,14 @@ def _random_spectra(loaded: _Loaded, opts: ScanOptions, device: int | None,
             host = [_host(m) for m in ms[pos:pos + layer.count]]
             pos += layer.count
             replicas = fits.random_replicas(layer.num_evals)
-            plan.append((ti, li, len(shuffled), replicas, len(host)))
-            shuffled.extend(fits.shuffled(h, rng) for _ in range(replicas + 1) for h in host)
+            plan.append((ti, li, len(jobs), replicas, len(host)))
+            jobs.extend(h for _ in range(replicas + 1) for h in host)
+    # One child generator per shuffle (deterministic for a seed whatever the scheduling); numpy's
+    # permutation releases the GIL, so the shuffles (random access, ~15 ns per element: most of
+    # randomize's own cost) run on the engine's threads in parallel.
+    gens = rng.spawn(len(jobs))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, get_num_threads())) as pool:
+        shuffled = list(pool.map(fits.shuffled, jobs, gens))
     vals = _spectra(shuffled, "auto", device)
     out: dict[int, list] = {}
     for ti, li, start, replicas, k in plan:
