@@ -113,7 +113,8 @@ def model_case(name: str, model, repeat: int, ww_kwargs: dict, rs_kwargs: dict) 
     t_ww = time.perf_counter() - t
     flops = _flops(rep)
     s = rep.scanned
-    common = s[s["tensor"].str.removesuffix(".weight").isin(set(details["name"]))]
+    names = set(details["longname"] if "longname" in details else details["name"])
+    common = s[s["tensor"].str.removesuffix(".weight").isin(names)]
     return {"case": name, "layers_rankscope": len(s), "layers_ww": len(details), "matrices":
             int(sum(float(r["num_evals"]) / float(r["M"]) for _, r in s.iterrows())),
             "rankscope_s": t_rs, "weightwatcher_s": t_ww, "speedup": t_ww / t_rs, "flops_f64": flops,
