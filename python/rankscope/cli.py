@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the layer rows as JSON instead of a summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="what this install was built with")
+    b = sub.add_parser("bench", help="time rankscope against numpy (and torch) on this machine",
+                       description="svdvals and matrix_rank on a fixed set of float32 cases against numpy.linalg "
+                       "(and torch.linalg.svdvals when torch is installed): median times, ratios, accuracy against "
+                       "float64 LAPACK and rank agreement. The cases are in rankscope.bench.")
+    b.add_argument("--quick", action="store_true", help="small cases (well under a minute)")
+    b.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where rankscope computes (default cpu)")
     return parser
 
 
@@ -138,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         import rankscope as rs
 
         print(json.dumps(rs.build_info(), indent=2))
+        return 0
+    if args.command == "bench":
+        from . import bench
+
+        try:
+            rows = bench.run(quick=args.quick, device=args.device)
+        except (RuntimeError, ValueError) as e:
+            print(f"rankscope bench: error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(rows, indent=1, allow_nan=False) if args.json else bench.format_table(rows))
         return 0
     return _scan(args, parser)
 
