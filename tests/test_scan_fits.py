@@ -106,8 +106,10 @@ def test_fit_powerlaw_heavy_tailed(watcher, rng, df, shape):
     ev = esd(rng.standard_t(df, size=shape)) * rng.uniform(1e-3, 10)
     ours = fits.fit_powerlaw(ev)
     assert_same_fit(ours, ww_fit(watcher, ev), ev)
-    # the heavy-tailed regime: alpha about 2-5 for df <= 2.5 (df 3-4 reaches 5-16 at these sizes)
-    assert ours["alpha"] > 1.5 and (df > 2.5 or ours["alpha"] < 8)
+    # the heavy-tailed regime: alpha mostly 2-6 for df <= 2.5 (df 3-4 reaches 5-16 at these sizes);
+    # a plausibility bound, not the oracle (that is the WW comparison above): one draw in a few
+    # hundred at df = 2.5 fits alpha ≈ 8.1, so the bound is df = 2 below 8 and df = 2.5 below 12
+    assert ours["alpha"] > 1.5 and (df > 2.5 or ours["alpha"] < (8 if df == 2.0 else 12))
 
 
 def test_fit_powerlaw_large_spectra(watcher, rng):
