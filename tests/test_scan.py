@@ -218,9 +218,10 @@ def test_flags(rng):
 
 def test_random_square_bfloat16_is_not_collapsed(rng):
     """~1 % of a random square bfloat16 matrix's singular values lie below bfloat16's eps·s₁: rank loss, not collapse."""
-    w = torch.from_numpy(rng.standard_normal((512, 512))).bfloat16()
+    n = 1024  # ~10 values below the cut (eigenvalue counts of random matrices barely fluctuate)
+    w = torch.from_numpy(rng.standard_normal((n, n))).bfloat16()
     r = _rows(rs.scan({"w": w}, progress=False))["w"]
-    assert 0 < r["rank_loss"] < 0.03 * 512
+    assert 0 < r["rank_loss"] < 0.03 * n
     assert not r["rank_collapsed"] and not r["collapsed"]
 
 
