@@ -95,7 +95,8 @@ def _print_summary(report, top: int, elapsed: float, out=None) -> None:
                                       ("ALPHA", "alpha_out_of_range")) if r[col]]
             print("  ".join(_fmt(r[c]).ljust(widths[c]) for c in _SUMMARY) + "  " + " ".join(flags), file=out)
     for _, e in report.errors.iterrows():
-        print(f"error: {e['model']} {e['tensor']}: {e['error']}", file=out)
+        where = f"{e['model']} {e['tensor']}" if e["tensor"] else e["model"]
+        print(f"error: {where}: {e['error']}", file=out)
 
 
 def _scan(args, parser) -> int:

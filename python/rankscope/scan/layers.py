@@ -47,6 +47,7 @@ class Layer:
     cut: Callable[[Any], list[Any]] | None = field(default=None, repr=False)
     skip: str | None = None
     part: int | None = None  # expert index or q/k/v block
+    info: Any = field(default=None, repr=False, compare=False)  # the TensorInfo it was planned from
 
     @property
     def num_evals(self) -> int:
@@ -57,7 +58,7 @@ def _matrix(kind: str, info, name: str, rows: int, cols: int, cut, count: int = 
             part: int | None = None) -> Layer:
     return Layer(name=name, tensor=info.name, kind=kind, shape=tuple(info.shape), dtype=info.dtype,
                  N=max(rows, cols), M=min(rows, cols), rf=rf, matrix_shape=(rows, cols), count=count, cut=cut,
-                 part=part)
+                 part=part, info=info)
 
 
 def _skipped(info, reason: str) -> Layer:

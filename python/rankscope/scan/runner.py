@@ -24,13 +24,13 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import metrics as _metrics
 from .. import get_num_threads
+from .. import metrics as _metrics
 from .._api import svdvals
 from . import fits
 from .layers import FLOAT_DTYPES, Layer, plan
@@ -146,18 +146,16 @@ def _host(m: Any) -> np.ndarray:
 
 def _delta(a: Any, b: Any) -> np.ndarray:
     """a − b for a delta scan, computed in float64 and kept in float32 unless an input is float64."""
-    a64, b64 = _host(a).astype(np.float64), _host(b).astype(np.float64)
-    d = a64 - b64
-    return d if (a64.dtype == np.float64 and _host(a).dtype == np.float64) else d.astype(np.float32)
+    ha = _host(a)
+    d = ha.astype(np.float64) - _host(b).astype(np.float64)
+    return d if ha.dtype == np.float64 else d.astype(np.float32)
 
 
 def _load(t: _Tensor) -> list[Any]:
     """The tensor's matrices (views), or raises what reading it raised."""
-    arr = t.info.load()
+    arr = t.info.load()  # torch tensors need no detach: svdvals reads values only
     if t.base is not None:
         arr = _delta(arr, t.base.load())
-    elif not isinstance(arr, np.ndarray) and hasattr(arr, "detach"):
-        arr = arr.detach()
     return [m for layer in t.layers for m in layer.cut(arr)]
 
 
@@ -187,20 +185,16 @@ def _chunks(tensors: list[_Tensor], budget: int) -> list[list[_Tensor]]:
 class _Loaded:
     tensors: list[_Tensor]
     mats: list[list[Any] | BaseException]  # per tensor: its matrices, or the error reading it
-    nbytes: int
 
 
 def _read_chunk(chunk: list[_Tensor]) -> _Loaded:
     mats: list[list[Any] | BaseException] = []
-    nbytes = 0
     for t in chunk:
         try:
-            ms = _load(t)
-            mats.append(ms)
-            nbytes += t.nbytes
+            mats.append(_load(t))
         except Exception as e:  # noqa: BLE001 - one unreadable tensor becomes an error row
             mats.append(e)
-    return _Loaded(chunk, mats, nbytes)
+    return _Loaded(chunk, mats)
 
 
 def _spectra(mats: list[Any], method: str, device: int | None) -> list[np.ndarray]:
@@ -337,15 +331,12 @@ def _run_window(window, opts: ScanOptions, device, rng, base_models, on_window, 
     order: list[tuple[int, Layer]] = []  # (model index, layer), report order
     for mi, (src, layers) in enumerate(window):
         by_tensor: dict[str, list[Layer]] = {}
-        infos = {}
+        infos = {}  # from planning: the model's tensors are listed once
         for layer in layers:
             order.append((mi, layer))
             if layer.skip is None:
                 by_tensor.setdefault(layer.tensor, []).append(layer)
-        if by_tensor:
-            for info in src.tensors():
-                if info.name in by_tensor and info.name not in infos:
-                    infos[info.name] = info
+                infos.setdefault(layer.tensor, layer.info)
         for name, ls in by_tensor.items():
             base = None
             if base_models is not None:
@@ -519,6 +510,3 @@ def _safe(fn: Callable[[], dict], warning: list[str], what: str) -> dict:
         warnings.warn(f"{what} failed on a layer: {e}", RuntimeWarning, stacklevel=2)
         return {}
 
-
-def options_dict(opts: ScanOptions) -> dict:
-    return asdict(opts)
