@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import eps_of, is_cupy, is_torch, prepare
+from ._arrays import is_cupy, is_torch, prepare
 
 _TORCH_FLOATS = ("float16", "bfloat16", "float32", "float64")
 
@@ -138,8 +138,9 @@ class Ops:
         raise ValueError(f"{what} is on {a_ops.where} but the data is on {self.where}")
 
     def class_counts(self, y: Any, k: int) -> Any:
-        """int64 (k,) counts of each label."""
-        return self.xp.bincount(y, minlength=k)
+        """float64 (k,) counts of each label."""
+        c = self.xp.bincount(y, minlength=k)
+        return c.to(self.xp.float64) if self.kind == "torch" else c.astype(np.float64)
 
     def to_numpy(self, a: Any) -> np.ndarray:
         """A host copy (synchronises with a CUDA device)."""
@@ -214,7 +215,3 @@ def as_labels(y: Any, ops: Ops, n: int, what: str = "labels") -> Any:
         raise ValueError(f"{what} must have shape ({n},), one label per row of the features, got "
                          f"{tuple(t.shape)}")
     return t
-
-
-def eps(dtype: str) -> float:
-    return eps_of(dtype)

@@ -77,24 +77,25 @@ def _rows(z: Any, what: str = "Z", min_rows: int = 2) -> tuple[Any, Ops]:
     return a, ops
 
 
-def _nan_where(values: Any, bad: Any, ops: Ops, extra_dims: int = 0) -> Any:
-    """values with NaN at the batch indices flagged in `bad` (host bool, batch shape)."""
+def _fill_where(values: Any, bad: Any, ops: Ops, fill: float, extra_dims: int) -> Any:
+    """values with `fill` at the batch indices flagged in `bad` (host bool, batch shape), whose
+    entries span the last `extra_dims` axes."""
     if bad is None or not bad.any():
         return values
     mask = bad.reshape(bad.shape + (1,) * extra_dims)
     if ops.kind == "torch":
         mask = ops.xp.as_tensor(mask, device=ops.device)
-    return ops.xp.where(mask, ops.scalar(math.nan), values)
+    return ops.xp.where(mask, ops.scalar(fill), values)
+
+
+def _nan_where(values: Any, bad: Any, ops: Ops, extra_dims: int = 0) -> Any:
+    """values with NaN at the batch indices flagged in `bad` (host bool, batch shape)."""
+    return _fill_where(values, bad, ops, math.nan, extra_dims)
 
 
 def _zeroed(a: Any, bad: Any, ops: Ops, core: int = 2) -> Any:
     """a with the flagged matrices set to 0 (so that eigensolvers never see NaN)."""
-    if bad is None or not bad.any():
-        return a
-    mask = bad.reshape(bad.shape + (1,) * core)
-    if ops.kind == "torch":
-        mask = ops.xp.as_tensor(mask, device=ops.device)
-    return ops.xp.where(mask, ops.scalar(0.0), a)
+    return _fill_where(a, bad, ops, 0.0, core)
 
 
 def _l2_normalize(a: Any, ops: Ops) -> tuple[Any, Any]:

@@ -178,9 +178,7 @@ def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = Non
             raise ValueError("H contains NaN or Inf; pass check_finite=False to get NaN results instead")
         return None, h, y, ops
     counts = ops.class_counts(y, K)
-    counts_host = ops.to_numpy(counts)
-    _check_classes(counts_host)
-    counts = counts.to(h.dtype) if ops.kind == "torch" else counts.astype(np.float64)
+    _check_classes(ops.to_numpy(counts))
     means = ops.class_sums(h, y, K) / counts[:, None]
     dev = h - means[y]
     n = h.shape[0]
@@ -263,17 +261,20 @@ def _fro(x: Any, ops: Ops) -> Any:
     return ops.xp.sqrt(ops.xp.sum(x * x))
 
 
+def _etf_distance(g: Any, ops: Ops) -> Any:
+    """‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F of a K × K matrix G."""
+    return _fro(ops.divide(g, _fro(g, ops)) - _etf_target(g.shape[0], ops), ops)
+
+
 def _etf_error(x: Any, ops: Ops) -> Any:
-    g = x @ ops.xp.swapaxes(x, 0, 1)
-    return _fro(ops.divide(g, _fro(g, ops)) - _etf_target(x.shape[0], ops), ops)
+    return _etf_distance(x @ ops.xp.swapaxes(x, 0, 1), ops)
 
 
 def _nc3(w: Any, mt: Any, ops: Ops, variant: str) -> Any:
     if variant == "papyan":
         r = ops.divide(w, _fro(w, ops)) - ops.divide(mt, _fro(mt, ops))
         return ops.xp.sum(r * r)
-    a = w @ ops.xp.swapaxes(mt, 0, 1)
-    return _fro(ops.divide(a, _fro(a, ops)) - _etf_target(w.shape[0], ops), ops)
+    return _etf_distance(w @ ops.xp.swapaxes(mt, 0, 1), ops)
 
 
 def _rank(x: Any, ops: Ops, atol: float, rtol: float | None) -> Any:
@@ -694,7 +695,6 @@ class NeuralCollapse:
         o = self._ops
         if self._pass == 1:
             cnt = o.class_counts(y, self.K)
-            cnt = cnt.to(h.dtype) if o.kind == "torch" else cnt.astype(np.float64)
             sums = o.class_sums(h, y, self.K)
             new = (cnt > 0) & ~self._seen
             batch_mean = sums / xp.where(cnt > 0, cnt, o.scalar(1.0))[:, None]
@@ -708,8 +708,7 @@ class NeuralCollapse:
                 self._q = self._q + o.class_sums(xp.sum(dev * dev, axis=1)[:, None], y, self.K)[:, 0]
         else:
             dev = h - self._means[y]
-            cnt = o.class_counts(y, self.K)
-            self._counts2 = self._counts2 + (cnt.to(h.dtype) if o.kind == "torch" else cnt.astype(np.float64))
+            self._counts2 = self._counts2 + o.class_counts(y, self.K)
             self._sw = self._sw + xp.swapaxes(dev, 0, 1) @ dev
             self._q = self._q + o.class_sums(xp.sum(dev * dev, axis=1)[:, None], y, self.K)[:, 0]
             if self._W is not None:
