@@ -244,6 +244,14 @@ double lower_dot(const W* a, const W* b, int64_t n) {
   return s;
 }
 
+// ⟨A, B⟩_F of two symmetric column-major n × n matrices from their lower triangles.
+template <class W>
+double sym_dot(const W* a, const W* b, int64_t n) {
+  double s = 2.0 * lower_dot(a, b, n);
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(a[i + i * n]) * static_cast<double>(b[i + i * n]);
+  return s;
+}
+
 // ---- VICReg ---------------------------------------------------------------------------------------
 
 template <class T, class W>
@@ -274,8 +282,8 @@ int8_t vicreg_forward_one(const VicregTask& t, const Plan& pl, double gamma, dou
     centre<T, double, true, true, false>(z, mean, nullptr, var, a);
     double* g = t.mat ? static_cast<double*>(t.mat) : tls.mat.get<double>(static_cast<size_t>(N) * N);
     lapack::syrk<double>('T', n, nd, 1.0, a, nd, 0.0, g, n);  // G = ZcZcᵀ, ‖G‖_F = ‖ZcᵀZc‖_F
-    double fro = 2.0 * lower_dot(g, g, N), diag = 0.0;
-    for (int64_t i = 0; i < N; ++i) fro += g[i + i * N] * g[i + i * N];
+    const double fro = sym_dot(g, g, N);
+    double diag = 0.0;
     for (int64_t j = 0; j < d; ++j) diag += var[j] * var[j];
     *t.cov = std::max(fro - diag, 0.0) / (n1 * n1 * static_cast<double>(d));
   }
@@ -417,8 +425,7 @@ int8_t barlow_forward_one(const BarlowTask& t, const Plan& pl, double eps) {
     double* g2 = g1 + N * N;
     lapack::syrk<double>('T', n, nd, 1.0, a1, nd, 0.0, g1, n);
     lapack::syrk<double>('T', n, nd, 1.0, a2, nd, 0.0, g2, n);
-    double dot = 2.0 * lower_dot(g1, g2, N);  // ⟨G₁, G₂⟩ = N² ‖c‖_F²
-    for (int64_t i = 0; i < N; ++i) dot += g1[i + i * N] * g2[i + i * N];
+    const double dot = sym_dot(g1, g2, N);  // ⟨G₁, G₂⟩ = N² ‖c‖_F²
     *t.off = std::max(dot / (nn * nn) - sq, 0.0);
   } else {
     throw std::logic_error("barlow_forward: the Gram side works in float64");

@@ -109,6 +109,16 @@ def reduce(values: np.ndarray, batch: tuple, reduction: str) -> Any:
     return np.float64(values.mean()) if values.size else np.float64(np.nan)
 
 
+def vicreg_combine(
+    inv: Any, var: Any, cov: Any, halve_variance: bool, a_sim: float, a_std: float, a_cov: float
+) -> tuple:
+    """(loss, invariance, variance, covariance) per batch element from the raw terms: inv (B,),
+    var and cov (B, R) per branch (numpy arrays or torch tensors alike)."""
+    variance = (0.5 if halve_variance else 1.0) * var.sum(-1)
+    covariance = cov.sum(-1)
+    return a_sim * inv + a_std * variance + a_cov * covariance, inv, variance, covariance
+
+
 # ---- the core on host arrays ---------------------------------------------------------------------
 
 

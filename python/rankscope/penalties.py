@@ -89,11 +89,8 @@ def vicreg_loss(
     batch = tuple(p1.shape[:-2])
     if check_finite:
         P.raise_non_finite(bad, batch, ("z1", "z2"))
-    h = 0.5 if halve_variance else 1.0
-    variance = h * var.sum(axis=1)
-    covariance = cov.sum(axis=1)
-    loss = a_sim * inv + a_std * variance + a_cov * covariance
-    return VICRegLoss(*(P.reduce(t, batch, red) for t in (loss, inv, variance, covariance)))
+    terms = P.vicreg_combine(inv, var, cov, halve_variance, a_sim, a_std, a_cov)
+    return VICRegLoss(*(P.reduce(t, batch, red) for t in terms))
 
 
 def invariance_loss(z1, z2, *, reduction="mean", check_finite=True):

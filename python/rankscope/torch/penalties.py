@@ -415,11 +415,9 @@ def vicreg_loss(
     )
     x, y = _pair(z1, z2, "vicreg_loss")
     inv, var, cov = _VICRegTerms.apply(g, e, True, bool(check_finite), x, y)
-    variance = (0.5 if halve_variance else 1.0) * var.sum(-1)
-    covariance = cov.sum(-1)
-    loss = a_sim * inv + a_std * variance + a_cov * covariance
+    terms = P.vicreg_combine(inv, var, cov, halve_variance, a_sim, a_std, a_cov)
     batch = tuple(x.shape[:-2])
-    return VICRegLoss(*(_finish(t, batch, red, x.dtype) for t in (loss, inv, variance, covariance)))
+    return VICRegLoss(*(_finish(t, batch, red, x.dtype) for t in terms))
 
 
 def invariance_loss(z1, z2, *, reduction="mean", check_finite=True) -> torch.Tensor:
