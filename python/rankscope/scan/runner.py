@@ -206,6 +206,22 @@ def _spectra(mats: list[Any], method: str, device: int | None) -> list[np.ndarra
     return [v if isinstance(v, np.ndarray) else v.cpu().numpy() for v in vals]
 
 
+def refined_spectra(mats: list[Any], exact: list[bool], refine_rtol: float,
+                    device: int | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """float64 singular values of `mats` (host numpy), and which were refined: matrices not already on
+    the exact route (`exact[i]`: float64 data) whose s_min < refine_rtol · s₁ after the float64 Gram
+    route are recomputed by the exact route, so the small end is that of a float64 SVD."""
+    spectra = _spectra(mats, "auto", device)
+    refined = np.zeros(len(mats), dtype=bool)
+    redo = [i for i, s in enumerate(spectra)
+            if not exact[i] and len(s) and s[0] > 0 and not (s[-1] >= refine_rtol * s[0])]
+    if redo:
+        for i, s in zip(redo, _spectra([mats[i] for i in redo], "exact", device)):
+            spectra[i] = s
+            refined[i] = True
+    return spectra, refined
+
+
 def _compute(loaded: _Loaded, opts: ScanOptions, device: int | None, rng: np.random.Generator):
     """Spectra (refined where needed) and randomised spectra of every matrix of a loaded chunk.
 
@@ -216,16 +232,8 @@ def _compute(loaded: _Loaded, opts: ScanOptions, device: int | None, rng: np.ran
             continue
         flat.extend(ms)
         owner.extend([ti] * len(ms))
-    spectra = _spectra(flat, "auto", device)
-    refined = np.zeros(len(flat), dtype=bool)
-    redo = [i for i, s in enumerate(spectra)
-            if loaded.tensors[owner[i]].info.dtype != "float64" and len(s) and s[0] > 0
-            and not (s[-1] >= opts.refine_rtol * s[0])]
-    if redo:
-        exact = _spectra([flat[i] for i in redo], "exact", device)
-        for i, s in zip(redo, exact):
-            spectra[i] = s
-            refined[i] = True
+    spectra, refined = refined_spectra(flat, [loaded.tensors[o].info.dtype == "float64" for o in owner],
+                                       opts.refine_rtol, device)
     rand = _random_spectra(loaded, opts, device, rng) if opts.randomize else {}
     out: list[Any] = []
     pos = 0
@@ -437,7 +445,16 @@ def _fit(evals: np.ndarray, opts: ScanOptions) -> dict:
 
 def _layer_row(src, layer: Layer, layer_id: int, spectra: list[np.ndarray], refined: np.ndarray, rand,
                opts: ScanOptions) -> tuple[dict, np.ndarray | None]:
-    row = {**_file_columns(src), "name": layer.name, "layer_id": layer_id, "tensor": layer.tensor,
+    row, ev = layer_row(layer, spectra, refined, rand, opts, layer_id=layer_id)
+    return {**_file_columns(src), **row}, ev
+
+
+def layer_row(layer: Layer, spectra: list[np.ndarray], refined: np.ndarray, rand, opts: ScanOptions, *,
+              layer_id: int = 0) -> tuple[dict, np.ndarray | None]:
+    """One layer's report columns (no file columns) from its matrices' float64 singular values, and its
+    eigenvalues (pooled, conv2d_norm applied; None when the layer failed). `rand`: the randomised
+    spectra of `_random_spectra`, or None."""
+    row = {"name": layer.name, "layer_id": layer_id, "tensor": layer.tensor,
            "part": layer.part, "type": layer.kind, "dtype": layer.dtype, "shape": "x".join(map(str, layer.shape)),
            "N": layer.N, "M": layer.M, "Q": layer.N / layer.M, "rf": layer.rf, "refined": bool(refined.any())}
     stored = stored_dtype(layer.dtype)
