@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -13,7 +14,9 @@ from ._arrays import (
     empty,
     finish,
     host_view,
+    is_jax,
     is_ragged,
+    jax_x64,
     normalize_dtype,
     parse_device,
     prepare,
@@ -69,7 +72,9 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool,
             k = min(p.shape)
             outs.append(np.empty(k, dtype=dt) if host and not gpu else empty(p, (k,), dt))
         if gpu:
-            status = cuda_module().svdvals_list([p.data for p in items], outs, method, items[0].stream(), check_finite)
+            # JAX arrays: always wait, JAX reads the results on its own streams (Prepared.stream)
+            sync = check_finite or items[0].kind == "jax"
+            status = cuda_module().svdvals_list([p.data for p in items], outs, method, items[0].stream(), sync)
         elif device is not None:
             status = _streaming.svdvals_list(items, [host_view(o) for o in outs], method, device)
         else:
@@ -82,7 +87,7 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool,
     shape = (*batch, min(m, n))
     out = np.empty(shape, dtype=dt) if host and not p.on_cuda else empty(p, shape, dt)
     if p.on_cuda:
-        status = cuda_module().svdvals(p.data, out, method, p.stream(), check_finite)
+        status = cuda_module().svdvals(p.data, out, method, p.stream(), check_finite or p.kind == "jax")
     elif device is not None:
         # a view: out is freshly allocated, contiguous
         flat = host_view(out).reshape(int(np.prod(batch, dtype=np.int64)), min(m, n))
@@ -125,18 +130,40 @@ def svdvals(x: Any, *, method: str = "auto", dtype: Any = None, check_finite: bo
     Returns
     -------
     The values in the caller's framework: numpy in → numpy out, torch in → torch out (same device),
-    nested lists in → lists out, a list of matrices → a list of 1-D results.
+    JAX in → JAX out (same device; float32 unless jax_enable_x64 is on), nested lists in → lists out,
+    a list of matrices → a list of 1-D results.
     """
     dt = normalize_dtype(dtype)
+    if dt == "float64" and _jax_without_x64(x):
+        warnings.warn("dtype=float64 requested for a JAX array, but jax_enable_x64 is off: the values are returned "
+                      "as float32 (as JAX truncates)", UserWarning, stacklevel=2)
+        dt = "float32"
     values, like = _run(x, method, dt, check_finite, host=False, device=parse_device(device))
     if isinstance(like, list):
         return [finish(v, p) for v, p in zip(values, like)]
     return finish(values, like)
 
 
+def _jax_without_x64(x: Any) -> bool:
+    """Whether x is a JAX array (or a list of them) while JAX holds no 64-bit types."""
+    first = x[0] if isinstance(x, (list, tuple)) and x else x
+    return is_jax(first) and not jax_x64()
+
+
+def _jax_spectra_to_host(values: Any, like: Any) -> tuple[Any, Any]:
+    """Spectra of JAX CUDA arrays, copied to the host for the metrics (k values a matrix); the
+    metrics then go back to the arrays' device as JAX arrays (see _arrays.to_framework)."""
+    if isinstance(like, list):
+        return [np.asarray(v) for v in values], [dataclasses.replace(p, device="cpu") for p in like]
+    return np.asarray(values), dataclasses.replace(like, device="cpu")
+
+
 def _spectra(x: Any, method: str, check_finite: bool, device: Any = None) -> metrics.Spectra:
     """float64 spectra (host) of matrices, with their shapes and stored dtypes, for the metrics."""
     values, like = _run(x, method, "float64", check_finite, host=True, device=parse_device(device))
+    first = like[0] if isinstance(like, list) and like else like
+    if isinstance(first, Prepared) and first.kind == "jax" and first.on_cuda:
+        values, like = _jax_spectra_to_host(values, like)
     if isinstance(like, list):
         m = np.array([p.shape[0] for p in like], dtype=np.float64)
         n = np.array([p.shape[1] for p in like], dtype=np.float64)
@@ -239,6 +266,8 @@ def participation_ratio(x, *, center=True, check_finite=True):
     if is_ragged(x):
         return [participation_ratio(e, center=center, check_finite=check_finite) for e in x]
     p = _regular(x)
+    if p.kind == "jax" and p.on_cuda:
+        return _participation_ratio_jax(p.data, center, check_finite)
     if p.on_cuda:
         return _participation_ratio_device(p, center, check_finite)
     a = metrics._host_values(p, "x") if p.kind == "torch" else p.data
@@ -284,6 +313,28 @@ def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool):
     safe = xp.where(fro2 > 0, fro2, xp.ones_like(fro2))
     pr = xp.where(fro2 > 0, tr * tr / safe, xp.zeros_like(fro2))
     return xp.where(xp.isnan(tr), tr, pr)
+
+
+def _participation_ratio_jax(a: Any, center: bool, check_finite: bool) -> Any:
+    """participation_ratio of a JAX array with jax.numpy on its device: float64 (x64 switched on for
+    the computation), the result in JAX's canonical dtype."""
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        a = a.astype(jnp.float64)
+        if check_finite and not bool(jnp.isfinite(a).all()):
+            raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
+        if center:
+            a = a - a[..., :1, :]
+            a = a - a.mean(-2, keepdims=True)
+        at = jnp.swapaxes(a, -1, -2)
+        c = at @ a if a.shape[-1] <= a.shape[-2] else a @ at
+        tr = jnp.trace(c, axis1=-2, axis2=-1)
+        fro2 = (c * c).sum(axis=(-2, -1))
+        pr = jnp.where(fro2 > 0, tr * tr / jnp.where(fro2 > 0, fro2, 1.0), 0.0)
+        pr = jnp.where(jnp.isnan(tr), tr, pr)
+    return pr.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
 def spectrum_report(x, *, method="auto", check_finite=True, device=None, atol=None, rtol=None, policy="auto", tau=0.99,

@@ -3,6 +3,11 @@
 One import path: every input becomes a numpy array or a torch tensor here (zero copy where the data
 is already a floating array on the host), the compiled core imports those through DLPack, and results
 are allocated here in the caller's framework so that the core only fills them.
+
+JAX arrays are recognised without importing jax (a JAX array can only exist once jax is imported):
+host arrays are read in place through DLPack, CUDA arrays through the CUDA backend's DLPack import,
+and results come back as JAX arrays on the input's device, in JAX's canonical dtypes (float32/int32
+unless ``jax_enable_x64`` is on, as ``jnp.asarray`` would give).
 """
 
 from __future__ import annotations
@@ -39,6 +44,22 @@ def is_torch(x: Any) -> bool:
 def is_cupy(x: Any) -> bool:
     cp = sys.modules.get("cupy")
     return cp is not None and isinstance(x, cp.ndarray)
+
+
+def is_jax(x: Any) -> bool:
+    """True for JAX arrays (tracers included); never imports jax."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, getattr(jax, "Array", ()))
+
+
+def jax_x64() -> bool:
+    """Whether JAX holds 64-bit types (jax_enable_x64); only called once jax is imported."""
+    return bool(sys.modules["jax"].config.read("jax_enable_x64"))
+
+
+def _jax_device(a: Any) -> Any:
+    (dev,) = a.devices()
+    return dev
 
 
 def _cuda_or_raise(what: str, where: str):
@@ -94,7 +115,8 @@ class Prepared:
     kind: str  # "numpy", "torch", "cupy" or "list" (nested Python lists: results come back as lists)
     dtype: str  # the dtype the data was stored in: float16, bfloat16, float32 or float64
     dlpack_shape: tuple | None = None  # for objects the core reads through DLPack only
-    device: str = "cpu"  # "cpu" or "cuda" (then `data` is a torch CUDA tensor or a CuPy array)
+    device: str = "cpu"  # "cpu" or "cuda" (then `data` is a torch CUDA tensor, CuPy or JAX array)
+    origin: Any = None  # kind "jax": the caller's JAX array (results go back to its device)
 
     @property
     def on_cuda(self) -> bool:
@@ -104,12 +126,20 @@ class Prepared:
     def device_index(self) -> int:
         if self.kind == "torch":
             return self.data.device.index or 0
+        if self.kind == "jax":
+            return int(self.origin.__dlpack_device__()[1])
         return self.data.device.id
 
     def stream(self) -> int:
-        """The caller's current CUDA stream on this array's device (its handle as an int)."""
+        """The caller's current CUDA stream on this array's device (its handle as an int).
+
+        JAX exposes no current stream: its arrays are computed on the legacy default stream (0), on
+        which JAX makes them ready when they are exported through DLPack, and the call waits for that
+        stream before it returns (so that JAX, on its own streams, sees the results)."""
         if self.kind == "torch":
             return int(_torch().cuda.current_stream(self.data.device).cuda_stream)
+        if self.kind == "jax":
+            return 0
         import cupy
 
         with cupy.cuda.Device(self.device_index):
@@ -167,6 +197,43 @@ def _prepare_cupy(a: Any, what: str) -> Prepared:
     return Prepared(a, "cupy", np.dtype(a.dtype).name, device="cuda")
 
 
+# DLPack device types (dlpack.h): where a JAX array lives.
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
+
+
+def _prepare_jax(x: Any, what: str) -> Prepared:
+    """A JAX array: host data read in place through DLPack (the core's own import for bfloat16,
+    which numpy cannot view), CUDA data through the CUDA backend's DLPack import."""
+    if not type(x).__module__.startswith("jaxlib"):  # a tracer inside jit/vmap/grad: no data to read
+        raise TypeError(
+            f"{what} is a traced JAX value ({type(x).__name__}); rankscope needs concrete arrays: call it outside "
+            "jax.jit/vmap/grad (or through jax.pure_callback)"
+        )
+    try:
+        dev_type, _ = x.__dlpack_device__()
+    except BufferError as e:
+        raise ValueError(f"{what}: a JAX array sharded over several devices cannot be read ({e}); pass one shard "
+                         "(x.addressable_shards[i].data) or gather it") from None
+    dt = np.dtype(x.dtype)
+    if dt.kind == "c":
+        raise TypeError(f"{what}: complex input ({dt}) is not supported; pass the real matrix")
+    if int(dev_type) in (_DL_CUDA, _DL_CUDA_MANAGED):
+        _cuda_or_raise(what, f"JAX device {_jax_device(x)}")
+        if dt.kind in "biu":  # converted on the device, in the widest float JAX holds
+            x = x.astype("float64" if jax_x64() else "float32")
+            dt = np.dtype(x.dtype)
+        elif dt.name not in _FLOATS:
+            raise TypeError(f"{what}: dtype {dt} is not supported; expected a real floating or integer array")
+        return Prepared(x, "jax", dt.name, device="cuda", origin=x)
+    if int(dev_type) not in (_DL_CPU, _DL_CUDA_HOST):
+        raise ValueError(f"{what} is on JAX device {_jax_device(x)}; rankscope reads host and CUDA arrays only")
+    if dt.name == "bfloat16":
+        return Prepared(x, "jax", "bfloat16", dlpack_shape=tuple(x.shape), origin=x)
+    p = _prepare_numpy(np.from_dlpack(x), what, "jax")  # a read-only view of the JAX buffer
+    p.origin = x
+    return p
+
+
 def _prepare_dlpack_only(x: Any, what: str, numpy_error: Exception) -> Prepared:
     """Objects numpy cannot view (bfloat16, e.g. from JAX): the core reads them through DLPack itself."""
     from ._backend import _core
@@ -188,6 +255,8 @@ def prepare(x: Any, what: str = "x") -> Prepared:
         return _prepare_torch(x, what)
     if is_cupy(x):
         return _prepare_cupy(x, what)
+    if is_jax(x):
+        return _prepare_jax(x, what)
     if isinstance(x, (list, tuple)):
         try:
             a = np.asarray(x)
@@ -256,7 +325,21 @@ def empty(like: Prepared, shape: tuple, dtype: str) -> Any:
 
         with cupy.cuda.Device(like.device_index):
             return cupy.empty(shape, dtype=dtype)
+    if like.kind == "jax" and like.on_cuda:
+        # A fresh JAX buffer on the array's device that the CUDA backend fills through DLPack before
+        # anything else can see it. float64 (the metrics' internal spectra) is allocated with x64 on.
+        jax = sys.modules["jax"]
+        with jax.enable_x64(True):
+            return jax.numpy.zeros(shape, dtype=dtype, device=_jax_device(like.origin))
     return np.empty(shape, dtype=dtype)
+
+
+def _to_jax(a: np.ndarray, like: Prepared) -> Any:
+    """A host result as a JAX array on `like`'s device, in JAX's canonical dtype (float64 → float32
+    and int64 → int32 unless jax_enable_x64 is on)."""
+    jax = sys.modules["jax"]
+    a = np.asarray(a)
+    return jax.device_put(a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False), _jax_device(like.origin))
 
 
 def to_framework(a: np.ndarray, like: Prepared) -> Any:
@@ -269,6 +352,8 @@ def to_framework(a: np.ndarray, like: Prepared) -> Any:
 
         with cupy.cuda.Device(like.device_index):
             return cupy.asarray(a)
+    if like.kind == "jax":
+        return _to_jax(a, like)
     if like.kind == "list":
         return a.tolist()
     return a[()] if a.ndim == 0 else a
@@ -276,4 +361,6 @@ def to_framework(a: np.ndarray, like: Prepared) -> Any:
 
 def finish(out: Any, like: Prepared) -> Any:
     """An output allocated by empty(), returned in the caller's form."""
+    if like.kind == "jax":
+        return out if like.on_cuda else _to_jax(out, like)
     return out.tolist() if like.kind == "list" else out
