@@ -173,12 +173,13 @@ class SourceError:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def optional_import(module: str, extra: str | None, what: str | None = None):
+def optional_import(module: str, extra: str | None, what: str | None = None, *, who: str = "rankscope.scan"):
     """Import an optional dependency, or raise one ImportError naming the extra that installs it.
 
     ``optional_import("gguf", "gguf", "GGUF files")`` returns the ``gguf`` module or raises
     ``ImportError('rankscope.scan needs gguf for GGUF files: pip install "rankscope[gguf]"')``.
-    With ``extra=None`` the message says ``pip install <module>`` (for torch, which has no extra).
+    With ``extra=None`` the message says ``pip install <module>`` (for torch, which has no extra);
+    `who` names the part of rankscope that needs it.
     """
     try:
         return importlib.import_module(module)
@@ -186,7 +187,7 @@ def optional_import(module: str, extra: str | None, what: str | None = None):
         top = module.split(".")[0]
         install = f'pip install "rankscope[{extra}]"' if extra else f"pip install {top}"
         purpose = f" for {what}" if what else ""
-        raise ImportError(f"rankscope.scan needs {top}{purpose}: {install}") from e
+        raise ImportError(f"{who} needs {top}{purpose}: {install}") from e
 
 
 def unwrap_state_dict(obj: Any) -> Any:

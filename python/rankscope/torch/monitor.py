@@ -1,0 +1,624 @@
+"""Spectra during training: :class:`SpectralMonitor` computes the scanner's per-layer weight metrics
+(and, optionally, activation diagnostics) every few optimizer steps, keeps their history and flags
+layers that start to collapse.
+
+One measurement is plan → batched compute → rows, as in the scanner (``rankscope.scan``): the model's
+weight tensors are turned into matrices by the scanner's layer policy once (views of the parameters in
+place, no state_dict copy), all matrices go to the engine in one call (grouped by shape there), and
+each layer's row comes from the scanner's own ``layer_row``, so a monitored value equals what
+``rankscope.scan(model)`` reports for the same weights.
+
+On the CPU a measurement runs inside ``step()`` on the engine's thread pool. On CUDA it is queued:
+the matrices are copied (one device copy per shape group, on the training stream, so later optimizer
+steps cannot race with it) and their spectra computed on a side stream and copied to pinned host
+memory; ``step()`` returns at once and the values are read back lazily (the next ``step()`` takes
+those that are ready without waiting; ``history``, ``latest`` and ``flush()`` wait).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["MonitorEvent", "MonitorRecord", "SpectralMonitor", "SpectralMonitorWarning", "WEIGHT_METRICS",
+           "ACTIVATION_METRICS"]
+
+#: Weight metrics a monitor can record: the scanner's numeric columns (rankscope.scan's report).
+WEIGHT_METRICS = ("alpha", "xmin", "D", "num_pl_spikes", "sv_max", "sv_min", "log10_sv_min", "log10_sv_min_rel",
+                  "condition_number", "matrix_rank", "rank_loss", "weak_rank_loss", "entropy", "effective_rank",
+                  "stable_rank", "log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
+                  "mp_softrank", "num_spikes")
+#: Those that read the small end of the spectrum: they need the float64 route (and its refinement).
+SMALL_END = frozenset({"sv_min", "log10_sv_min", "log10_sv_min_rel", "condition_number", "matrix_rank",
+                       "rank_loss", "weak_rank_loss", "entropy"})
+#: Activation diagnostics (rankscope.torch.capture's columns); the nc* ones need labels.
+ACTIVATION_METRICS = ("rankme", "mean_std", "frac_below_gamma", "std_of_l2_normalized", "mean_pairwise_cosine",
+                      "nc1", "nc1_topk", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangularity",
+                      "nc2_etf_error", "class_mean_rank", "class_mean_rank_centered")
+DEFAULT_METRICS = ("alpha", "stable_rank", "rank_loss", "log10_sv_min", "effective_rank", "log_norm",
+                   "log_spectral_norm", "rankme", "mean_std", "mean_pairwise_cosine", "nc1")
+ESTIMATORS = ("median", "ww", "xmin_peak", "xmin_peak_intended")
+
+
+class SpectralMonitorWarning(UserWarning):
+    """A monitored layer started to collapse (the warning's text says which, how and at which step)."""
+
+
+@dataclass(frozen=True)
+class MonitorEvent:
+    """A flagged change: `kind` is "rank_loss_rise", "alpha_out_of_range", "rankme_drop" or
+    "non_finite"; `value` the metric now, `reference` what it is compared with (the first measured
+    value, or the edge of the alpha range)."""
+
+    step: int
+    layer: str
+    kind: str
+    value: float
+    reference: float
+    message: str
+
+
+@dataclass
+class MonitorRecord:
+    """One measurement, as writers receive it: `values[layer][metric]`, and per weight layer its
+    singular values (pooled over Conv2d slices, descending, float64)."""
+
+    step: int
+    values: dict[str, dict[str, float]]
+    spectra: dict[str, np.ndarray] = field(repr=False)
+    seconds: float = 0.0  # host time the measurement took inside step() (queueing only on CUDA)
+
+
+@dataclass
+class _Pending:
+    """A measurement started: its layers, the owner layer of each matrix, and either the host values
+    (CPU) or, per shape group on CUDA, (matrix indices, pinned host values, snapshot kept for the
+    exact-route refinement or None) with the event that marks them ready."""
+
+    step: int
+    layers: list
+    owner: list[int]
+    activations: dict
+    host: tuple[list[np.ndarray], np.ndarray] | None = None
+    cuda: list | None = None
+    event: Any = None
+    seconds: float = 0.0
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _check_metrics(metrics: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    names = DEFAULT_METRICS if metrics is None else ((metrics,) if isinstance(metrics, str) else tuple(metrics))
+    unknown = [m for m in names if m not in WEIGHT_METRICS and m not in ACTIVATION_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; weight metrics: {', '.join(WEIGHT_METRICS)}; "
+                         f"activation metrics: {', '.join(ACTIVATION_METRICS)}")
+    return (tuple(m for m in names if m in WEIGHT_METRICS), tuple(m for m in names if m in ACTIVATION_METRICS))
+
+
+class SpectralMonitor:
+    """Per-layer spectra of a model's weights (and optional activation diagnostics) during training.
+
+    Call :meth:`step` after each optimizer step; every `every` steps it measures every weight matrix
+    of the model (the scanner's layer policy: Linear/Embedding as one matrix, Conv2d as pooled kh·kw
+    slices, 3-D expert tensors one row per expert; 1-D tensors skipped) in one batched engine call,
+    straight from the parameters, on their device. Rows are the scanner's (``rankscope.scan``): the
+    same weights give the same values.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model being trained (on the CPU or a GPU).
+    every : int
+        Measure at the first call of :meth:`step` and then whenever `every` steps have passed since
+        the last measurement (default 1).
+    weights : bool
+        Measure weight matrices (default True).
+    layers : str or list of str, optional
+        Keep weight tensors whose names match (a regular expression searched in the name, or a glob),
+        as ``rankscope.scan(layers=...)``.
+    activations : str, list of str or True, optional
+        Modules whose outputs get activation diagnostics (RankMe, per-feature std, mean pairwise
+        cosine, NC1 with labels) through :func:`rankscope.torch.capture`'s hooks: module names,
+        patterns, or True for every nn.Linear. Computed on the batch passed to :meth:`step`, else on
+        `probe`. The forward pass runs in eval mode under no_grad and reads the values back (it
+        synchronises on CUDA).
+    probe : batch or list of batches, optional
+        What the activation diagnostics run on when :meth:`step` gets no batch: inputs, (inputs,
+        labels) or a dict, as capture takes them; a list (or other re-iterable) of such batches.
+    num_classes : int, optional
+        K for NC1 when batches carry integer labels (without it labels are ignored).
+    metrics : list of str, optional
+        What to record: any of :data:`WEIGHT_METRICS` and :data:`ACTIVATION_METRICS`. Default: alpha,
+        stable_rank, rank_loss, log10_sv_min, effective_rank, log_norm, log_spectral_norm, and for
+        activations rankme, mean_std, mean_pairwise_cosine, nc1 (with labels).
+    estimator : "median", "ww", "xmin_peak" or "xmin_peak_intended"
+        The power-law fit for alpha (the scanner's `estimator`): TempBalance's median-xmin Hill
+        estimate (default; what TempBalance, Model Balancing and AlphaDecay use during training),
+        WeightWatcher's xmin scan, or TempBalance's fix-finger peak.
+    conv : "slices" or "flatten"
+        Conv2d as pooled slices (default) or one out × in·kh·kw matrix.
+    min_dim : int, optional
+        Skip matrices whose smaller side is below this (default: none skipped, as the scanner).
+    precision : "float64" or "float32"
+        "float64" (default): the engine's float64 route, matrices whose s_min falls below 1e-6·s₁
+        recomputed by the exact route, as the scanner does. "float32": eigenvalues of float32 Gram
+        matrices (torch, on the parameters' device); cheaper, but resolves nothing below
+        ~3e-4·s₁, so only for metrics that read the large end (alpha, stable_rank, log norms,
+        effective_rank...): asking for a small-end metric (rank_loss, log10_sv_min, ...) with it is
+        an error. ``benchmarks/bench_monitor.py`` measures how far alpha moves (well inside the fit's
+        own error).
+    device : None, "cpu", "cuda" or "cuda:N"
+        Where spectra are computed: default the parameters' device; "cpu" copies GPU parameters to the
+        host first.
+    log : writer, callable, path, or a list of them
+        Each measurement (a :class:`MonitorRecord`) is handed to these once its values are read back:
+        a callable ``f(record)``, a ``torch.utils.tensorboard.SummaryWriter`` (wrapped in
+        :class:`rankscope.torch.TensorBoardWriter`), or a ``.csv``/``.parquet`` path
+        (:class:`rankscope.torch.TableWriter`).
+    on_event : callable, optional
+        Called with each :class:`MonitorEvent`; default: a :class:`SpectralMonitorWarning` per event.
+    alpha_range : (float, float)
+        "alpha_out_of_range" when a layer's alpha leaves this range (default (2, 6), WeightWatcher's
+        well-trained band); it fires again only after alpha came back.
+    rank_loss_rise : float
+        "rank_loss_rise" when a layer's rank_loss exceeds its first measured value by at least
+        max(1, rank_loss_rise · its number of singular values) (default 0.01).
+    rankme_drop : float
+        "rankme_drop" when an activation's RankMe falls below this fraction of its first value
+        (default 0.5).
+
+    Attributes
+    ----------
+    history : pandas.DataFrame
+        step, layer, metric, value: every recorded value (waits for pending measurements).
+    latest : dict
+        The last measurement's values, ``{layer: {metric: value}}``.
+    events : list of MonitorEvent
+    records : int
+        Measurements taken.
+    seconds : list of float
+        Host seconds each measurement took inside :meth:`step` (on CUDA: queueing only).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, every: int = 1, weights: bool = True,
+                 layers: str | Sequence[str] | None = None, activations: str | Sequence[str] | bool | None = None,
+                 probe: Any = None, num_classes: int | None = None, metrics: Sequence[str] | None = None,
+                 estimator: str = "median", conv: str = "slices", min_dim: int | None = None, precision: str = "float64",
+                 device: Any = None, log: Any = None, on_event: Callable[[MonitorEvent], None] | None = None,
+                 alpha_range: tuple[float, float] = (2.0, 6.0), rank_loss_rise: float = 0.01,
+                 rankme_drop: float = 0.5, tokens: str = "mean", spatial: str = "mean"):
+        from ..scan.runner import ScanOptions
+
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if precision not in ("float64", "float32"):
+            raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        self.weight_metrics, self.activation_metrics = _check_metrics(metrics)
+        if precision == "float32":
+            small = sorted(SMALL_END.intersection(self.weight_metrics))
+            if small:
+                raise ValueError(f"precision='float32' cannot resolve the small end of a spectrum; metrics {small} "
+                                 "need precision='float64' (or leave them out)")
+        if activations is not None and activations is not False and not self.activation_metrics:
+            raise ValueError("activations= is set but metrics= names no activation metric")
+        lo, hi = alpha_range
+        if not lo < hi:
+            raise ValueError(f"alpha_range must be (low, high) with low < high, got {alpha_range!r}")
+        if not 0 < rankme_drop < 1:
+            raise ValueError(f"rankme_drop must be in (0, 1), got {rankme_drop!r}")
+        if not rank_loss_rise >= 0:
+            raise ValueError(f"rank_loss_rise must be >= 0, got {rank_loss_rise!r}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 2):
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        self.model = model
+        self.every = every
+        self.weights = bool(weights)
+        self.activations = None if activations is False else activations
+        self.probe = probe
+        self.num_classes = num_classes
+        self.precision = precision
+        self.device = None if device is None else torch.device(device)
+        self.on_event = on_event
+        self.alpha_range = (float(lo), float(hi))
+        self.rank_loss_rise = float(rank_loss_rise)
+        self.rankme_drop = float(rankme_drop)
+        self.tokens, self.spatial = tokens, spatial
+        self._opts = ScanOptions(conv=conv, layers=layers, min_dim=min_dim, estimator=estimator, keep_evals=False,
+                                 alpha_range=self.alpha_range)
+        self._opts.validate()
+        self._refine_rtol = self._opts.refine_rtol if SMALL_END.intersection(self.weight_metrics) else 0.0
+        self._writers = [_writer(w) for w in _as_list(log)]
+        self._rows: list[tuple[int, str, str, float]] = []
+        self._frame = None
+        self._pending: list[_Pending] = []
+        self._latest: dict[str, dict[str, float]] = {}
+        self._first: dict[tuple[str, str], float] = {}
+        self._flagged: set[tuple[str, str]] = set()
+        self._plan_key: tuple | None = None
+        self._plan: list = []
+        self._stream = None
+        self.events: list[MonitorEvent] = []
+        self.seconds: list[float] = []
+        self.records = 0
+        self.steps = 0
+        self._last: int | None = None
+
+    # ---- the public loop -------------------------------------------------------------------------
+
+    def step(self, batch: Any = None, *, step: int | None = None) -> bool:
+        """Counts one optimizer step (or sets the count to `step`, e.g. a trainer's global step) and
+        measures when due: at the first call, then every `every` steps. `batch`: what the activation
+        diagnostics run on this time (default `probe`). Returns whether it measured. Also hands on
+        the finished measurements that were pending (CUDA) without waiting for the others."""
+        self.steps = self.steps + 1 if step is None else int(step)
+        due = self._last is None or self.steps - self._last >= self.every
+        if due:
+            self.measure(batch, step=self.steps)
+        self.poll()
+        return due
+
+    def measure(self, batch: Any = None, *, step: int | None = None) -> None:
+        """Measures now, whatever the step count (`step` labels the record, default the count)."""
+        t0 = time.perf_counter()
+        step = self.steps if step is None else int(step)
+        self._last = step
+        acts = self._measure_activations(batch) if self.activations is not None else {}
+        layers = self._layers() if self.weights and self.weight_metrics else []
+        pending = self._queue(step, layers, acts)
+        pending.seconds = time.perf_counter() - t0
+        self._pending.append(pending)
+        self.records += 1
+
+    def poll(self) -> None:
+        """Hands on the pending measurements whose values are ready, in order, without waiting."""
+        while self._pending and (self._pending[0].event is None or self._pending[0].event.query()):
+            self._finish(self._pending.pop(0))
+
+    def flush(self) -> None:
+        """Waits for every pending measurement and hands it on (writers, events, history)."""
+        while self._pending:
+            p = self._pending.pop(0)
+            if p.event is not None:
+                p.event.synchronize()
+            self._finish(p)
+        for w in self._writers:
+            f = getattr(w, "flush", None)
+            if f is not None:
+                f()
+
+    def close(self) -> None:
+        """Flushes, then closes the writers that have a close()."""
+        self.flush()
+        for w in self._writers:
+            c = getattr(w, "close", None)
+            if c is not None:
+                c()
+
+    def __enter__(self) -> SpectralMonitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def history(self):
+        """step, layer, metric, value of every measurement so far (a pandas DataFrame; waits for the
+        pending ones)."""
+        import pandas as pd
+
+        self.flush()
+        if self._frame is None or len(self._frame) != len(self._rows):
+            self._frame = pd.DataFrame(self._rows, columns=["step", "layer", "metric", "value"])
+        return self._frame
+
+    @property
+    def latest(self) -> dict[str, dict[str, float]]:
+        """The last measurement's values, {layer: {metric: value}} (waits for it)."""
+        self.flush()
+        return {k: dict(v) for k, v in self._latest.items()}
+
+    def pivot(self, metric: str):
+        """One metric as a table: a row per step, a column per layer (waits for pending values)."""
+        h = self.history
+        sub = h[h["metric"] == metric]
+        if sub.empty:
+            raise KeyError(f"no values of {metric!r} recorded; recorded: {sorted(set(h['metric']))}")
+        return sub.pivot_table(index="step", columns="layer", values="value", sort=False)
+
+    # ---- planning -----------------------------------------------------------------------------
+
+    def _layers(self) -> list:
+        """The scanner's layers of the model's parameters (re-planned when the parameters change)."""
+        from ..scan.layers import plan
+        from ..scan.sources import TensorInfo
+
+        params = []
+        for prefix, mod in self.model.named_modules():
+            for pname, p in mod._parameters.items():
+                if p is not None:
+                    params.append((f"{prefix}.{pname}" if prefix else pname, p, type(mod).__name__))
+        key = tuple((n, id(p), tuple(p.shape), p.dtype, p.device) for n, p, _ in params)
+        if key != self._plan_key:
+            seen: set[int] = set()
+            infos = []
+            for name, p, owner in params:
+                if id(p) in seen:  # tied weights once, under their first name
+                    continue
+                seen.add(id(p))
+                infos.append(TensorInfo(name, tuple(p.shape), _dtype_name(p), (lambda p=p: p.detach()), owner))
+            o = self._opts
+            self._plan = [la for la in plan(infos, conv=o.conv, split_qkv=o.split_qkv, layers=o.layers,
+                                            min_dim=o.min_dim, max_dim=o.max_dim) if la.skip is None]
+            self._plan_key = key
+        return self._plan
+
+    # ---- weights -------------------------------------------------------------------------------
+
+    def _queue(self, step: int, layers: list, acts: dict) -> _Pending:
+        """Starts the spectra of `layers`' matrices: computed now on the CPU, queued on CUDA."""
+        mats, owner = [], []
+        for li, layer in enumerate(layers):
+            ms = layer.cut(layer.info.load())
+            mats.extend(ms)
+            owner.extend([li] * len(ms))
+        if not mats:
+            return _Pending(step, layers, owner, acts, host=([], np.zeros(0, dtype=bool)))
+        where = self.device or mats[0].device
+        if where.type != "cuda":
+            mats = [m.cpu() if m.device.type != "cpu" else m for m in mats]
+            if self.precision == "float32":
+                vals = _float32_spectra(mats)
+                refined = np.zeros(len(mats), dtype=bool)
+            else:
+                from ..scan.runner import refined_spectra
+
+                vals, refined = refined_spectra(mats, [m.dtype == torch.float64 for m in mats], self._refine_rtol,
+                                                None)
+            return _Pending(step, layers, owner, acts, host=(vals, refined))
+        return self._queue_cuda(step, layers, mats, owner, acts, where)
+
+    def _queue_cuda(self, step, layers, mats, owner, acts, where) -> _Pending:
+        # One device copy per shape group on the training stream (the snapshot a later optimizer step
+        # cannot race with), then spectra and a copy to pinned host memory on a side stream.
+        mats = [m.to(where) for m in mats]
+        main = torch.cuda.current_stream(where)
+        if self._stream is None or self._stream.device != where:
+            self._stream = torch.cuda.Stream(where)
+        side = self._stream
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(mats):
+            groups.setdefault((tuple(m.shape), m.dtype == torch.float64), []).append(i)
+        snaps = [(idx, torch.stack([mats[i] for i in idx])) for idx in groups.values()]
+        side.wait_stream(main)
+        out = []
+        keep = self._refine_rtol > 0
+        with torch.cuda.stream(side):
+            for idx, snap in snaps:
+                snap.record_stream(side)
+                vals = _float32_spectra_torch(snap) if self.precision == "float32" else _engine_cuda(snap)
+                host = torch.empty(vals.shape, dtype=torch.float64, pin_memory=True)
+                host.copy_(vals, non_blocking=True)
+                out.append((idx, host, snap if keep else None))
+            event = torch.cuda.Event()
+            event.record(side)
+        return _Pending(step, layers, owner, acts, cuda=out, event=event)
+
+    def _spectra_of(self, p: _Pending) -> tuple[list[np.ndarray], np.ndarray]:
+        """(values per matrix, refined flags) of a finished measurement."""
+        if p.host is not None:
+            return list(p.host[0]), p.host[1]
+        vals: list[np.ndarray] = [np.zeros(0)] * len(p.owner)
+        refined = np.zeros(len(p.owner), dtype=bool)
+        for idx, host, snap in p.cuda:
+            h = host.numpy()
+            redo = []
+            for j, i in enumerate(idx):
+                s = h[j]
+                vals[i] = s
+                if snap is not None and snap.dtype != torch.float64 and len(s) and s[0] > 0 \
+                        and not (s[-1] >= self._refine_rtol * s[0]):
+                    redo.append(j)
+            if redo:  # the exact route for the few matrices whose small end the Gram route cannot resolve
+                from .._api import svdvals
+
+                exact = svdvals(snap[redo], method="exact", dtype="float64", check_finite=False).cpu().numpy()
+                for j, s in zip(redo, exact):
+                    vals[idx[j]] = s
+                    refined[idx[j]] = True
+        return vals, refined
+
+    def _finish(self, p: _Pending) -> None:
+        from ..scan.runner import layer_row
+
+        values: dict[str, dict[str, float]] = {}
+        spectra: dict[str, np.ndarray] = {}
+        vals, refined = self._spectra_of(p)
+        per: dict[int, list[int]] = {}
+        for i, li in enumerate(p.owner):
+            per.setdefault(li, []).append(i)
+        for li, layer in enumerate(p.layers):
+            idx = per.get(li, [])
+            row, _ = layer_row(layer, [vals[i] for i in idx], refined[idx], None, self._opts)
+            values[layer.name] = {m: _num(row.get(m)) for m in self.weight_metrics}
+            if row.get("status") == "failed":
+                self._event(p.step, layer.name, "non_finite", math.nan, math.nan,
+                            f"layer {layer.name!r}: {row.get('warning')}")
+                continue
+            s = np.sort(np.concatenate([vals[i] for i in idx]))[::-1] if idx else np.zeros(0)
+            spectra[layer.name] = s
+            self._check_weights(p.step, layer, values[layer.name])
+        for name, v in p.activations.items():
+            values[name] = v
+            self._check_activations(p.step, name, v)
+        for layer, vs in values.items():
+            for metric, value in vs.items():
+                self._rows.append((p.step, layer, metric, value))
+        self._latest = values
+        self.seconds.append(p.seconds)
+        record = MonitorRecord(p.step, values, spectra, p.seconds)
+        for w in self._writers:
+            w(record)
+
+    # ---- activations ---------------------------------------------------------------------------
+
+    def _measure_activations(self, batch: Any) -> dict[str, dict[str, float]]:
+        from .capture import capture
+
+        data = batch if batch is not None else self.probe
+        if data is None:
+            raise ValueError("activation diagnostics need a batch: pass probe= to SpectralMonitor or batch= to step()")
+        batches = data if isinstance(data, list) else [data]
+        df = capture(self.model, batches, layers=None if self.activations is True else self.activations,
+                     num_classes=self.num_classes, labels=None if self.num_classes else False,
+                     tokens=self.tokens, spatial=self.spatial, progress=False)
+        out = {}
+        for row in df.to_dict("records"):
+            out[row["layer"]] = {m: _num(row.get(m)) for m in self.activation_metrics if m in row}
+        return out
+
+    # ---- events --------------------------------------------------------------------------------
+
+    def _check_weights(self, step: int, layer, v: dict[str, float]) -> None:
+        name = layer.name
+        a = v.get("alpha")
+        if a is not None and math.isfinite(a):
+            lo, hi = self.alpha_range
+            out = not lo <= a <= hi
+            if out and (name, "alpha") not in self._flagged:
+                edge = lo if a < lo else hi
+                self._event(step, name, "alpha_out_of_range", a, edge,
+                            f"layer {name!r}: alpha {a:.3g} left [{lo:g}, {hi:g}] at step {step}")
+            self._flag(name, "alpha", out)
+        rl = v.get("rank_loss")
+        if rl is not None and math.isfinite(rl):
+            first = self._first.setdefault((name, "rank_loss"), rl)
+            rise = rl - first >= max(1.0, self.rank_loss_rise * layer.num_evals)
+            if rise and (name, "rank_loss") not in self._flagged:
+                self._event(step, name, "rank_loss_rise", rl, first,
+                            f"layer {name!r}: rank loss rose from {first:.0f} to {rl:.0f} of {layer.num_evals} "
+                            f"singular values at step {step}")
+            self._flag(name, "rank_loss", rise)
+
+    def _check_activations(self, step: int, name: str, v: dict[str, float]) -> None:
+        r = v.get("rankme")
+        if r is None or not math.isfinite(r):
+            return
+        first = self._first.setdefault((name, "rankme"), r)
+        low = r < self.rankme_drop * first
+        if low and (name, "rankme") not in self._flagged:
+            self._event(step, name, "rankme_drop", r, first,
+                        f"layer {name!r}: RankMe fell from {first:.3g} to {r:.3g} at step {step}")
+        self._flag(name, "rankme", low)
+
+    def _flag(self, name: str, metric: str, on: bool) -> None:
+        if on:
+            self._flagged.add((name, metric))
+        else:
+            self._flagged.discard((name, metric))
+
+    def _event(self, step: int, layer: str, kind: str, value: float, reference: float, message: str) -> None:
+        ev = MonitorEvent(step, layer, kind, float(value), float(reference), message)
+        self.events.append(ev)
+        if self.on_event is not None:
+            self.on_event(ev)
+        else:
+            warnings.warn(message, SpectralMonitorWarning, stacklevel=_caller_level())
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _caller_level() -> int:
+    """The warnings stacklevel of the first frame outside rankscope (the user's step() or flush())."""
+    f, level = sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE):
+        f, level = f.f_back, level + 1
+    return level
+
+
+def _num(v: Any) -> float:
+    if v is None:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def _writer(w: Any) -> Callable[[MonitorRecord], None]:
+    from .writers import TableWriter, TensorBoardWriter
+
+    if isinstance(w, (str, bytes)) or hasattr(w, "__fspath__"):
+        return TableWriter(w)
+    if hasattr(w, "add_scalar") and hasattr(w, "add_histogram"):
+        return TensorBoardWriter(w)
+    if callable(w):
+        return w
+    raise TypeError(f"log must be a callable, a SummaryWriter, a .csv/.parquet path or a list of them, got "
+                    f"{type(w).__name__}")
+
+
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix of the smaller side of each matrix of a (..., m, n) batch."""
+    return a @ a.mT if a.shape[-2] <= a.shape[-1] else a.mT @ a
+
+
+def _float32_spectra_torch(batch: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending, float64) of a (b, m, n) batch from float32 Gram eigenvalues."""
+    g = _gram(batch.float())
+    ev = torch.linalg.eigvalsh(g).clamp_min_(0).flip(-1)
+    return ev.double().sqrt_()
+
+
+def _float32_spectra(mats: Iterable[torch.Tensor]) -> list[np.ndarray]:
+    mats = list(mats)
+    out: list[np.ndarray] = [np.zeros(0)] * len(mats)
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(mats):
+        groups.setdefault(tuple(m.shape), []).append(i)
+    for idx in groups.values():
+        vals = _float32_spectra_torch(torch.stack([mats[i] for i in idx])).numpy()
+        for j, i in enumerate(idx):
+            out[i] = vals[j]
+    return out
+
+
+def _engine_cuda(batch: torch.Tensor) -> torch.Tensor:
+    """float64 singular values of a CUDA batch on the current stream: rankscope's CUDA backend when
+    it is built, else torch's eigvalsh of the float64 Gram matrices (the same route)."""
+    from .._backend import cuda_available
+
+    if cuda_available():
+        from .._api import svdvals
+
+        return svdvals(batch, dtype="float64", check_finite=False)
+    g = _gram(batch.double())
+    return torch.linalg.eigvalsh(g).clamp_min_(0).flip(-1).sqrt_()
