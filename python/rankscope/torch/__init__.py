@@ -7,6 +7,7 @@ Importing this package imports torch; ``import rankscope`` imports neither (impo
 ``rankscope.torch`` explicitly). Each submodule holds one capability; this file only re-exports.
 """
 
+from . import linalg
 from .capture import capture
 from .monitor import MonitorEvent, MonitorRecord, SpectralMonitor, SpectralMonitorWarning
 from .penalties import (
@@ -34,6 +35,7 @@ __all__ = [
     "covariance_loss",
     "invariance_loss",
     "layer_param_groups",
+    "linalg",
     "tempbalance_multipliers",
     "variance_loss",
     "vicreg_loss",

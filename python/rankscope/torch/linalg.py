@@ -1,0 +1,266 @@
+"""Drop-in replacements for torch.linalg's singular-value functions, computed by rankscope's engine.
+
+``svdvals``, ``matrix_rank``, ``matrix_norm`` and ``cond`` take the arguments torch.linalg's functions
+of the same names take and give the same results: dtypes, shapes, batching, ``out=``, errors and
+their messages. The engine computes them when it can do so exactly as torch would; every other call is
+handed to torch's own function, unchanged:
+
+- engine: real float32 and float64 strided tensors on the CPU, or on CUDA when rankscope's CUDA
+  backend is built and sees the device (on the caller's current stream; this path has not yet been
+  run on a GPU), with at least one element; float32 by the float64 Gram route (as accurate as float32
+  data, METRICS.md §0), float64 (or ``dtype=torch.float64`` for matrix_norm) by LAPACK's dgesdd;
+- torch: gradients (``requires_grad`` with grad mode on, forward-mode AD, functorch transforms), so
+  that gradients are always torch's; complex, float16/bfloat16, integer and other dtypes; empty
+  shapes; ``driver=``; ``hermitian=True``; tensor-valued or positional tolerances; ``ord`` other than
+  2, -2 and "nuc" (matrix_norm) and ``p`` other than None, 2 and -2 (cond); ``out=`` tensors of
+  another dtype or device, or sharing memory with ``A``; tensor subclasses, torch function and
+  dispatch modes, ``torch.compile`` tracing, non-CPU/CUDA devices; and any matrix holding NaN/Inf or
+  that the engine's eigensolver could not solve (the engine reports those; torch then raises or
+  returns what it does for them).
+
+The engine's float32 values are the float64 values of the stored data, correctly rounded; torch's
+float32 LAPACK is accurate to about eps32·s₁ absolutely, so the small singular values (and with them
+``cond`` and ord=-2 norms) differ from torch's by that much, and matrix ranks agree except for values
+within that distance of the tolerance.
+
+``ORIGINALS`` maps each name to torch's own function, captured when this module is first imported, so
+that torch.linalg's attributes may be replaced by these functions (``rankscope.patch(torch=True)``)
+without recursion: the fallbacks call ``ORIGINALS``, never ``torch.linalg``. Each replacement also
+carries its original as ``fn._torch_original``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from types import MappingProxyType
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as _fwad
+
+from .._backend import _core, cuda_error, cuda_module
+
+__all__ = ["ORIGINALS", "cond", "matrix_norm", "matrix_rank", "svdvals"]
+
+_NAMES = ("svdvals", "matrix_rank", "matrix_norm", "cond")
+
+
+def _original(name: str):
+    fn = getattr(torch.linalg, name)
+    return getattr(fn, "_torch_original", fn)  # torch.linalg already patched with ours: its original
+
+
+#: torch.linalg's own functions, by name (the functions this module replaces).
+ORIGINALS = MappingProxyType({name: _original(name) for name in _NAMES})
+# What the fallbacks call (tests replace entries to see which calls fall back).
+_TORCH = dict(ORIGINALS)
+
+_ENGINE_DTYPES = (torch.float32, torch.float64)
+_EPS = {torch.float32: float(torch.finfo(torch.float32).eps), torch.float64: float(torch.finfo(torch.float64).eps)}
+_CUDA: list = []  # [the CUDA module or None], resolved on first use
+
+
+def _cuda():
+    if not _CUDA:
+        _CUDA.append(cuda_module() if not cuda_error() else None)
+    return _CUDA[0]
+
+
+def _engine_ok(A: Any) -> bool:
+    """Whether the engine computes A exactly as torch would (see the module docstring)."""
+    if type(A) is not torch.Tensor and type(A) is not torch.nn.Parameter:
+        return False
+    if A.dtype not in _ENGINE_DTYPES or A.layout is not torch.strided or A.is_nested:
+        return False
+    if A.dim() < 2 or A.numel() == 0:
+        return False
+    if A.requires_grad and torch.is_grad_enabled():
+        return False
+    kind = A.device.type
+    if kind == "cuda":
+        if _cuda() is None:
+            return False
+    elif kind != "cpu":
+        return False
+    if A.is_neg() or _fwad._current_level >= 0:
+        return False
+    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
+        return False
+    return not (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(A))
+
+
+def _out_ok(out: Any, A: torch.Tensor, dtype: torch.dtype) -> bool:
+    """out=None, or a tensor the engine's result can be copied into exactly as torch would."""
+    if out is None:
+        return True
+    return (
+        type(out) is torch.Tensor
+        and out.dtype == dtype
+        and out.device == A.device
+        and out.layout is torch.strided
+        and not out.requires_grad
+        and out.untyped_storage().data_ptr() != A.untyped_storage().data_ptr()
+    )
+
+
+def _write_out(out: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """torch's out= convention: resize (warning when out had elements), then copy."""
+    if out.shape != r.shape:
+        if out.numel():
+            warnings.warn(
+                f"An output with one or more elements was resized since it had shape {list(out.shape)}, which does "
+                f"not match the required output shape {list(r.shape)}. This behavior is deprecated, and in a future "
+                "PyTorch release outputs will not be resized unless they have zero elements. You can explicitly "
+                "reuse an out tensor t by resizing it, inplace, to zero elements with t.resize_(0).",
+                UserWarning,
+                stacklevel=3,
+            )
+        out.resize_(r.shape)
+    return out.copy_(r)
+
+
+def _spectrum(A: torch.Tensor, dtype: torch.dtype, method: str = "auto") -> torch.Tensor | None:
+    """Singular values of A (..., m, n) from the engine, descending, as a `dtype` tensor on A's device;
+    None when a matrix holds NaN/Inf or did not converge (the caller then asks torch)."""
+    if A.requires_grad:  # grad mode is off here (_engine_ok): a values-only read
+        A = A.detach()
+    *batch, m, n = A.shape
+    s = torch.empty((*batch, min(m, n)), dtype=dtype, device=A.device)
+    if A.device.type == "cuda":
+        stream = torch.cuda.current_stream(A.device).cuda_stream
+        status = _cuda().svdvals(A, s, method, stream, True)  # waits, as torch's own checks do
+    else:
+        status = _core.svdvals(A, s, method)
+    return None if status.any() else s
+
+
+def _is_real_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def svdvals(A, *, driver=None, out=None):
+    """Singular values of A (..., m, n), descending: torch.linalg.svdvals.
+
+    The same arguments, result (real dtype of A, shape (..., min(m, n))), errors and ``out=``
+    behaviour as torch.linalg.svdvals. Real float32/float64 CPU (and CUDA, unverified) tensors are
+    computed by rankscope's engine (float32 via the float64 Gram route, float64 via dgesdd); gradients,
+    ``driver=`` and everything else listed in the module docstring go to torch's own function, so
+    gradients are always torch's.
+    """
+    if driver is None and _engine_ok(A) and _out_ok(out, A, A.dtype):
+        s = _spectrum(A, A.dtype)
+        if s is not None:
+            return s if out is None else _write_out(out, s)
+    return _TORCH["svdvals"](A, driver=driver, out=out)
+
+
+def matrix_rank(A, *args, **kwargs):
+    """Numerical rank of A (..., m, n), as int64: torch.linalg.matrix_rank.
+
+    ``matrix_rank(A, *, atol=None, rtol=None, hermitian=False, out=None)``, and torch's deprecated
+    ``matrix_rank(A, tol, hermitian=False, *, out=None)``: count(s > max(atol, rtol · s₁)), rtol
+    defaulting to max(m, n) · eps(A.dtype), or to 0 when atol > 0 is given (torch's rule, METRICS.md
+    §1). The same results, errors and ``out=`` behaviour as torch's function. The engine computes the
+    float64 singular values of real float32/float64 tensors and counts them against the tolerance in
+    float64; ``hermitian=True``, tensor or positional tolerances, gradients and everything else listed
+    in the module docstring go to torch's own function, with the arguments as given.
+    """
+    atol, rtol, out = kwargs.get("atol"), kwargs.get("rtol"), kwargs.get("out")
+    if (
+        not args
+        and kwargs.keys() <= _RANK_KWARGS
+        and kwargs.get("hermitian", False) is False
+        and (atol is None or _is_real_number(atol))
+        and (rtol is None or _is_real_number(rtol))
+        and _engine_ok(A)
+        and _out_ok(out, A, torch.int64)
+    ):
+        s = _spectrum(A, torch.float64)
+        if s is not None:
+            if rtol is None:
+                rtol = 0.0 if atol is not None and atol > 0 else _EPS[A.dtype] * max(A.shape[-2], A.shape[-1])
+            tol = torch.clamp(s[..., 0] * float(rtol), min=0.0 if atol is None else float(atol))
+            r = (s > tol.unsqueeze(-1)).sum(-1)
+            return r if out is None else _write_out(out, r)
+    return _TORCH["matrix_rank"](A, *args, **kwargs)
+
+
+_RANK_KWARGS = frozenset({"atol", "rtol", "hermitian", "out"})
+_KW = inspect.Parameter.KEYWORD_ONLY
+matrix_rank.__signature__ = inspect.Signature([
+    inspect.Parameter("A", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    *(inspect.Parameter(name, _KW, default=d) for name, d in (("atol", None), ("rtol", None), ("hermitian", False),
+                                                              ("out", None))),
+])
+
+
+def _matrix_dims(dim: Any, ndim: int) -> tuple[int, int] | None:
+    """dim as two distinct non-negative axes of an ndim-array, or None (torch then raises or decides)."""
+    if not isinstance(dim, (tuple, list)) or len(dim) != 2 or ndim < 2:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in dim):
+        return None
+    d0, d1 = (d + ndim if d < 0 else d for d in dim)
+    if not (0 <= d0 < ndim and 0 <= d1 < ndim) or d0 == d1:
+        return None
+    return d0, d1
+
+
+def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None, out=None):
+    """Matrix norm of A over the two axes ``dim``: torch.linalg.matrix_norm.
+
+    The same arguments, results (A's dtype, or ``dtype``), shapes (``keepdim``), errors and ``out=``
+    behaviour as torch's function. ord=2 (largest singular value), -2 (smallest) and "nuc" (their
+    sum) of real float32/float64 tensors are computed by the engine in float64 and rounded once
+    (``dtype=torch.float64`` for float32 data: dgesdd on the widened values, as torch computes it);
+    "fro", ±1, ±inf, gradients and everything else listed in the module docstring go to torch's own
+    function, so gradients are always torch's.
+    """
+    fast_ord = (type(ord) in (int, float) and ord in (2, -2)) or (type(ord) is str and ord == "nuc")
+    if fast_ord and _engine_ok(A):
+        dims = _matrix_dims(dim, A.dim())
+        if dtype is None or dtype == A.dtype:
+            cdt = A.dtype
+        elif A.dtype == torch.float32 and dtype == torch.float64:
+            cdt = torch.float64
+        else:
+            cdt = None
+        if dims is not None and cdt is not None and type(keepdim) is bool and _out_ok(out, A, cdt):
+            last = (A.dim() - 2, A.dim() - 1)
+            B = A if dims == last else A.movedim(dims, last)
+            s = _spectrum(B, torch.float64, "exact" if cdt == torch.float64 else "auto")
+            if s is not None:
+                v = s[..., 0] if ord == 2 else s[..., -1] if ord == -2 else s.sum(-1)
+                v = v.to(cdt)
+                if keepdim:
+                    for d in sorted(dims):
+                        v = v.unsqueeze(d)
+                return v if out is None else _write_out(out, v)
+    return _TORCH["matrix_norm"](A, ord, dim, keepdim, dtype=dtype, out=out)
+
+
+def cond(A, p=None, *, out=None):
+    """Condition number of A (..., m, n): torch.linalg.cond.
+
+    p=None or 2: s₁ / s_k; p=-2: s_k / s₁ (inf for an exactly singular matrix, NaN for the zero
+    matrix, as torch gives), in A's real dtype with A's batch shape. The same arguments, results,
+    errors and ``out=`` behaviour as torch's function. For real float32/float64 tensors the engine
+    computes the singular values in float64 and the ratio is rounded once; the float32 Gram route may
+    give exactly 0 (and cond inf) for a matrix whose smallest singular value is below ~1e-8·s₁, where
+    torch's float32 SVD gives rounding noise of about 1e-7·s₁. Other p (which need square matrices),
+    gradients and everything else listed in the module docstring go to torch's own function, so
+    gradients are always torch's.
+    """
+    if (p is None or (type(p) in (int, float) and p in (2, -2))) and _engine_ok(A) and _out_ok(out, A, A.dtype):
+        s = _spectrum(A, torch.float64)
+        if s is not None:
+            c = s[..., -1] / s[..., 0] if p == -2 else s[..., 0] / s[..., -1]
+            c = c.to(A.dtype)
+            return c if out is None else _write_out(out, c)
+    return _TORCH["cond"](A, p, out=out)
+
+
+for _fn in (svdvals, matrix_rank, matrix_norm, cond):
+    _fn._torch_original = ORIGINALS[_fn.__name__]
+del _fn
