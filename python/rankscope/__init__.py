@@ -29,6 +29,7 @@ from ._api import (
     weak_rank_loss,
 )
 from ._errors import CudaError, LinAlgError
+from ._patch import patch
 from .collapse import (
     ActivationStats,
     attention_entropy,
@@ -97,6 +98,7 @@ __all__ = [
     "metrics",
     "nuclear_ratio",
     "participation_ratio",
+    "patch",
     "rank_loss",
     "rankme",
     "set_num_threads",
@@ -111,16 +113,17 @@ __all__ = [
 
 def __getattr__(name: str):
     # rankscope.scan (the model-zoo scanner, a callable subpackage) is imported on first use only, so
-    # that the array API never imports it (nor pandas, safetensors or tqdm).
-    if name == "scan":
+    # that the array API never imports it (nor pandas, safetensors or tqdm). rankscope.numpy (the
+    # numpy.linalg drop-in) likewise: importing it costs ~1.4 ms (measured), 1% of `import rankscope`.
+    if name in ("scan", "numpy"):
         import importlib
 
-        return importlib.import_module(".scan", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"scan"})
+    return sorted(set(globals()) | {"scan", "numpy"})
 
 
 def set_num_threads(n: int) -> None:
