@@ -24,13 +24,22 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-__all__ = ["MonitorEvent", "MonitorRecord", "SpectralMonitor", "SpectralMonitorWarning", "WEIGHT_METRICS",
-           "ACTIVATION_METRICS"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "ACTIVATION_METRICS",
+    "WEIGHT_METRICS",
+    "MonitorEvent",
+    "MonitorRecord",
+    "SpectralMonitor",
+    "SpectralMonitorWarning",
+]
 
 #: Weight metrics a monitor can record: the scanner's numeric columns (rankscope.scan's report).
 WEIGHT_METRICS = ("alpha", "xmin", "D", "num_pl_spikes", "sv_max", "sv_min", "log10_sv_min", "log10_sv_min_rel",
@@ -134,9 +143,10 @@ class SpectralMonitor:
         patterns, or True for every nn.Linear. Computed on the batch passed to :meth:`step`, else on
         `probe`. The forward pass runs in eval mode under no_grad and reads the values back (it
         synchronises on CUDA).
-    probe : batch or list of batches, optional
-        What the activation diagnostics run on when :meth:`step` gets no batch: inputs, (inputs,
-        labels) or a dict, as capture takes them; a list (or other re-iterable) of such batches.
+    probe : batch or iterable of batches, optional
+        What the activation diagnostics run on when :meth:`step` gets no batch: one batch (inputs,
+        (inputs, labels) as a tuple or list, or a dict, as capture takes them), or a re-iterable of
+        batches that is not itself a tuple, list or dict (a DataLoader).
     num_classes : int, optional
         K for NC1 when batches carry integer labels (without it labels are ignored).
     metrics : list of str, optional
@@ -171,13 +181,19 @@ class SpectralMonitor:
         Called with each :class:`MonitorEvent`; default: a :class:`SpectralMonitorWarning` per event.
     alpha_range : (float, float)
         "alpha_out_of_range" when a layer's alpha leaves this range (default (2, 6), WeightWatcher's
-        well-trained band); it fires again only after alpha came back.
+        well-trained band): it was inside at an earlier measurement and is outside now (a layer that
+        starts outside, as random initialisations above 6 do, is not flagged until it came in); it
+        fires again only after alpha came back.
     rank_loss_rise : float
         "rank_loss_rise" when a layer's rank_loss exceeds its first measured value by at least
         max(1, rank_loss_rise · its number of singular values) (default 0.01).
     rankme_drop : float
         "rankme_drop" when an activation's RankMe falls below this fraction of its first value
         (default 0.5).
+    tokens, spatial, forward :
+        How activations become rows and how the model is called for them (as
+        :func:`rankscope.torch.capture` takes them; `forward(model, inputs)` when ``model(inputs)``
+        is not how the model is called).
 
     Attributes
     ----------
@@ -198,7 +214,8 @@ class SpectralMonitor:
                  estimator: str = "median", conv: str = "slices", min_dim: int | None = None, precision: str = "float64",
                  device: Any = None, log: Any = None, on_event: Callable[[MonitorEvent], None] | None = None,
                  alpha_range: tuple[float, float] = (2.0, 6.0), rank_loss_rise: float = 0.01,
-                 rankme_drop: float = 0.5, tokens: str = "mean", spatial: str = "mean"):
+                 rankme_drop: float = 0.5, tokens: str = "mean", spatial: str = "mean",
+                 forward: Callable[[torch.nn.Module, Any], Any] | None = None):
         from ..scan.runner import ScanOptions
 
         if not isinstance(model, torch.nn.Module):
@@ -239,7 +256,7 @@ class SpectralMonitor:
         self.alpha_range = (float(lo), float(hi))
         self.rank_loss_rise = float(rank_loss_rise)
         self.rankme_drop = float(rankme_drop)
-        self.tokens, self.spatial = tokens, spatial
+        self.tokens, self.spatial, self.forward = tokens, spatial, forward
         self._opts = ScanOptions(conv=conv, layers=layers, min_dim=min_dim, estimator=estimator, keep_evals=False,
                                  alpha_range=self.alpha_range)
         self._opts.validate()
@@ -311,7 +328,7 @@ class SpectralMonitor:
             if c is not None:
                 c()
 
-    def __enter__(self) -> SpectralMonitor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -481,13 +498,17 @@ class SpectralMonitor:
     def _measure_activations(self, batch: Any) -> dict[str, dict[str, float]]:
         from .capture import capture
 
-        data = batch if batch is not None else self.probe
-        if data is None:
+        if batch is not None:
+            batches = [batch]
+        elif self.probe is None:
             raise ValueError("activation diagnostics need a batch: pass probe= to SpectralMonitor or batch= to step()")
-        batches = data if isinstance(data, list) else [data]
+        else:
+            p = self.probe
+            one = isinstance(p, (torch.Tensor, tuple, list, dict)) or not hasattr(p, "__iter__")
+            batches = [p] if one else p
         df = capture(self.model, batches, layers=None if self.activations is True else self.activations,
                      num_classes=self.num_classes, labels=None if self.num_classes else False,
-                     tokens=self.tokens, spatial=self.spatial, progress=False)
+                     tokens=self.tokens, spatial=self.spatial, forward=self.forward, progress=False)
         out = {}
         for row in df.to_dict("records"):
             out[row["layer"]] = {m: _num(row.get(m)) for m in self.activation_metrics if m in row}
@@ -501,7 +522,10 @@ class SpectralMonitor:
         if a is not None and math.isfinite(a):
             lo, hi = self.alpha_range
             out = not lo <= a <= hi
-            if out and (name, "alpha") not in self._flagged:
+            if (name, "alpha") not in self._first:  # a layer that starts outside (a random init is
+                self._first[(name, "alpha")] = a    # typically above 6) is flagged once it has been
+                self._flag(name, "alpha", out)       # inside and leaves
+            elif out and (name, "alpha") not in self._flagged:
                 edge = lo if a < lo else hi
                 self._event(step, name, "alpha_out_of_range", a, edge,
                             f"layer {name!r}: alpha {a:.3g} left [{lo:g}, {hi:g}] at step {step}")

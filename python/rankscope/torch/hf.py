@@ -1,0 +1,62 @@
+"""A Hugging Face ``TrainerCallback`` that runs a :class:`~rankscope.torch.SpectralMonitor`.
+
+Needs ``transformers`` (and ``accelerate``, which its Trainer needs): ``pip install "rankscope[hf]"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .monitor import MonitorRecord, SpectralMonitor
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:
+    raise ImportError('rankscope.torch.hf needs transformers: pip install "rankscope[hf]"') from e
+
+__all__ = ["SpectralMonitorCallback"]
+
+
+class SpectralMonitorCallback(TrainerCallback):
+    """Measures the Trainer's model every `every` optimizer steps (``state.global_step``).
+
+    The monitor is built when training begins (``self.monitor``, with every keyword argument of
+    :class:`SpectralMonitor`). Activation diagnostics need `probe` (the Trainer does not hand
+    batches to callbacks). With `log_history`, each measurement is appended to
+    ``state.log_history`` (saved in ``trainer_state.json``) as ``{"step": s, "{prefix}/{metric}/{layer}": v}``
+    once read back; for TensorBoard pass ``log=args.logging_dir``-style writers through the monitor
+    (``log=rankscope.torch.TensorBoardWriter(dir)``).
+    """
+
+    def __init__(self, *, log_history: bool = True, prefix: str = "spectral", **monitor_kwargs: Any):
+        self.monitor_kwargs = monitor_kwargs
+        self.log_history = bool(log_history)
+        self.prefix = prefix
+        self.monitor: SpectralMonitor | None = None
+        self._state = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._state = state
+        if self.monitor is None:
+            if model is None:
+                raise ValueError("the Trainer passed no model to the callback")
+            kw = dict(self.monitor_kwargs)
+            logs = kw.pop("log", None)
+            logs = [] if logs is None else (list(logs) if isinstance(logs, (list, tuple)) else [logs])
+            if self.log_history:
+                logs.append(self._to_history)
+            self.monitor = SpectralMonitor(model, log=logs, **kw)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.monitor.step(step=int(state.global_step))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.flush()
+
+    def _to_history(self, record: MonitorRecord) -> None:
+        entry = {f"{self.prefix}/{metric}/{layer}": v for layer, vs in record.values.items()
+                 for metric, v in vs.items() if v is not None and math.isfinite(v)}
+        if self._state is not None:
+            self._state.log_history.append({**entry, "step": record.step})
