@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="rows of the printed summary (default 10)")
     p.add_argument("--json", action="store_true", help="print the layer rows as JSON instead of a summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                   help="scan on Ray, one task per model (pip install \"rankscope[ray]\"); without ADDRESS Ray's "
+                   "default (RAY_ADDRESS, a cluster started on this machine, else a new local instance); ADDRESS: "
+                   "auto, HOST:PORT or ray://HOST:PORT. Put it after the PATHs, or write --ray=ADDRESS")
+    p.add_argument("--max-retries", type=int, help="with --ray: retries of a failed task (default 3)")
+    p.add_argument("--cpus-per-task", type=float, help="with --ray: CPUs (engine threads) per task (default 1)")
+    p.add_argument("--gpus-per-task", type=float,
+                   help="with --ray: GPUs per task (default 1 when --device asks for CUDA, else 0)")
     sub.add_parser("info", help="what this install was built with")
     b = sub.add_parser("bench", help="time rankscope against numpy (and torch) on this machine",
                        description="svdvals and matrix_rank on a fixed set of float32 cases against numpy.linalg "
@@ -104,13 +112,17 @@ def _scan(args, parser) -> int:
 
     from .scan.report import ScanReport
 
+    if isinstance(args.ray, str) and args.ray not in ("auto", "local") and ":" not in args.ray:
+        parser.error(f"--ray {args.ray}: not a Ray address (auto, HOST:PORT or ray://HOST:PORT); put --ray after "
+                     "the PATHs, or write --ray=ADDRESS")
     if not args.paths and not args.example:
         parser.error("give one or more PATHs to scan, or --example for the built-in model")
     options = dict(device=args.device, conv=args.conv, layers=args.layers, min_dim=args.min_dim,
                    max_dim=args.max_dim, split_qkv=args.split_qkv, mp_fit=args.mp_fit, randomize=args.randomize,
                    rank_policy=args.rank_policy, estimator=args.estimator, fix_fingers=args.fix_fingers,
                    collapse_log10=args.collapse_log10, collapse_rank_frac=args.collapse_rank_frac, progress=False if args.quiet else None,
-                   resume=not args.no_resume, out=args.out, base=args.base)
+                   resume=not args.no_resume, out=args.out, base=args.base, ray=args.ray,
+                   max_retries=args.max_retries, num_cpus=args.cpus_per_task, num_gpus=args.gpus_per_task)
     with tempfile.TemporaryDirectory(prefix="rankscope-example-") as tmp:
         paths = list(args.paths)
         if args.example:
@@ -121,7 +133,7 @@ def _scan(args, parser) -> int:
             paths.append(path)
         try:
             report: ScanReport = rs.scan(paths if len(paths) > 1 else paths[0], **options)
-        except (ValueError, TypeError, ImportError) as e:
+        except (ValueError, TypeError, ImportError, ConnectionError) as e:
             print(f"rankscope scan: error: {e}", file=sys.stderr)
             return 2
     if args.plots:

@@ -30,7 +30,8 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
          collapse_log10: float = -8.0, collapse_rank_frac: float = 0.05, alpha_range: tuple[float, float] = (2.0, 6.0), out: str | None = None,
          resume: bool = True, progress: bool | None = None, keep_evals: bool = True, seed: int | None = None,
          name: str | None = None, chunk_mb: float = 256.0, window_mb: float = 1024.0,
-         refine_rtol: float = 1e-6) -> ScanReport:
+         refine_rtol: float = 1e-6, ray: bool | str | None = None, max_retries: int | None = None,
+         num_cpus: float | None = None, num_gpus: float | None = None) -> ScanReport:
     """Scans the weight matrices of one model or many.
 
     Parameters
@@ -103,6 +104,20 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
         Matrices whose smallest singular value is below refine_rtol · s₁ after the float64 Gram
         route are recomputed by the exact route (float64 SVD), so that the small end is that of the
         stored weights (default 1e-6: above it the Gram route's relative error is below 1e-4).
+    ray : True or str, optional
+        Scan on Ray (``pip install "rankscope[ray]"``), one task per model, each running this scan on
+        its one path; the report is the same, rows and order. True: Ray's default connection (the
+        ``RAY_ADDRESS`` cluster, else one started with ``ray start`` on this machine, else a new local
+        instance, stopped at the end); or an address: "auto", "host:port", "ray://host:port". A Ray
+        connection already made with ``ray.init`` is used as it is (ray=True). Sources must be paths
+        that every node can read at the same place; `base` too. With `out`, the report is rewritten
+        as tasks finish. See :mod:`rankscope.scan.distributed`.
+    max_retries : int, optional
+        With `ray`: how many times a failed task (an exception, a dead worker or node) is retried
+        before its model becomes an error row (default 3).
+    num_cpus, num_gpus : float, optional
+        With `ray`: the CPUs (default 1, also the task's engine threads) and GPUs each task asks Ray
+        for (default 1 when `device` asks for CUDA, or is "auto" and the cluster has GPUs; else 0).
 
     Returns
     -------
@@ -116,6 +131,11 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
                        collapse_log10=collapse_log10, collapse_rank_frac=collapse_rank_frac, alpha_range=tuple(alpha_range), refine_rtol=refine_rtol,
                        chunk_mb=chunk_mb, window_mb=window_mb, keep_evals=keep_evals, seed=seed)
     opts.validate()
+    if ray is None or ray is False:
+        given = [k for k, v in (("max_retries", max_retries), ("num_cpus", num_cpus), ("num_gpus", num_gpus))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for scans on Ray (ray=True or an address)")
     if out is not None:  # a bad report path or a missing writer fails now, not after the first window
         ext = os.path.splitext(os.fspath(out))[1].lower()
         if ext not in (".csv", ".parquet", ".pq", ".json"):
@@ -124,6 +144,12 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
             from .sources import optional_import
 
             optional_import("pyarrow", "parquet")
+    if ray is not None and ray is not False:
+        from .distributed import scan_on_ray  # imports ray; the single-machine scan never does
+
+        return scan_on_ray(source, ray, opts=opts, options=_options(opts, base), base=base, out=out, resume=resume,
+                           progress=progress, name=name, max_retries=max_retries, num_cpus=num_cpus,
+                           num_gpus=num_gpus)
     t0 = time.perf_counter()
     previous = layer_frame([])
     done: set = set()
