@@ -27,3 +27,7 @@ python3 benchmarks/bench_scan.py --cases llm --llm "${LLM:-llama-7b}" --device c
 python3 -m pytest -q -m cuda tests/test_penalties.py tests/test_collapse.py tests/test_neural_collapse.py \
   -p no:cacheprovider 2>&1 | tee "$OUT/collapse-tests.log" | tail -5
 python3 benchmarks/gpu_penalties_bench.py --out "$OUT/gpu-penalties-$dev-$day.json" 2>&1 | tail -3
+# Issue 18 on the GPU: the monitor's CUDA test (side stream, lazy read-back, values equal the CPU
+# monitor's) and the GPU rows of its overhead benchmark.
+python3 -m pytest -q -m cuda tests/test_monitor.py -p no:cacheprovider 2>&1 | tee "$OUT/monitor-tests.log" | tail -5
+python3 benchmarks/bench_monitor.py --device cuda --out "$OUT/monitor-$dev-$day.json" 2>&1 | tail -3
