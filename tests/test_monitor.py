@@ -127,7 +127,7 @@ def test_measures_the_parameters_in_place(net):
 
 
 def test_replans_when_parameters_change(net):
-    mon = SpectralMonitor(net, metrics=["sv_max"])
+    mon = SpectralMonitor(net, metrics=["sv_max"], precision="float64")
     mon.step()
     net.fc3 = torch.nn.Linear(40, 24)
     net.extra = torch.nn.Linear(24, 5)
@@ -283,6 +283,25 @@ def test_float32_precision(net):
         # error (alpha - 1)/sqrt(n) is far larger
         assert w["stable_rank"] == pytest.approx(v["stable_rank"], rel=1e-4)
         assert abs(w["alpha"] - v["alpha"]) < 0.01 * (v["alpha"] - 1)
+
+
+def test_auto_precision_and_the_float32_fallback(net):
+    assert SpectralMonitor(net, metrics=["alpha", "stable_rank"]).precision == "float32"
+    assert SpectralMonitor(net, metrics=["alpha", "rank_loss"]).precision == "float64"
+    assert SpectralMonitor(net, metrics=["alpha", "effective_rank"]).precision == "float64"
+    with pytest.raises(ValueError, match="effective_rank"):
+        SpectralMonitor(net, metrics=["effective_rank"], precision="float32")
+    # a collapsing layer: 30 of 40 singular values at 1e-9 relative; its median eigenvalue is far below
+    # what float32 Gram eigenvalues resolve, so it takes the float64 route (then the exact one)
+    rng = np.random.default_rng(7)
+    _collapse(net.fc2, 10, rng)
+    mon = SpectralMonitor(net, layers="fc", metrics=["alpha", "stable_rank"])
+    mon.step()
+    rep = rankscope.scan(net, layers="fc", estimator="median", progress=False).layers.set_index("name")
+    a = mon.latest["fc2.weight"]["alpha"]
+    assert a == pytest.approx(float(rep.loc["fc2.weight", "alpha"]), rel=1e-9)
+    s = np.linalg.svd(net.fc2.weight.detach().double().numpy(), compute_uv=False)
+    assert a == pytest.approx(_hill_median(s), rel=1e-6)  # the stored weights' float64 SVD
 
 
 def test_table_writers(net, tmp_path):

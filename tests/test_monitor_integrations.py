@@ -49,7 +49,7 @@ def test_lightning_callback(tmp_path):
     torch.manual_seed(0)
     module = Module()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
-    cb = SpectralMonitorCallback(every=2, metrics=["sv_max", "rankme"], activations="net.0")
+    cb = SpectralMonitorCallback(every=2, metrics=["sv_max", "rankme"], activations="net.0", precision="float64")
     logger = L.loggers.CSVLogger(tmp_path)
     trainer = L.Trainer(max_epochs=1, callbacks=[cb], logger=logger, log_every_n_steps=1, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1)
@@ -165,15 +165,8 @@ def test_missing_extra_names_it(monkeypatch):
 
 
 def test_missing_tensorboard_names_it(monkeypatch, tmp_path):
-    import builtins
+    import sys
 
-    real = builtins.__import__
-
-    def fake(name, *a, **k):
-        if name.split(".")[0] == "tensorboard":
-            raise ImportError("No module named 'tensorboard'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", fake)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now raises ImportError
     with pytest.raises(ImportError, match=r'rankscope.torch needs tensorboard .*"rankscope\[tensorboard\]"'):
         rankscope.torch.TensorBoardWriter(tmp_path)

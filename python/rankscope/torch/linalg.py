@@ -36,6 +36,7 @@ import warnings
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import torch
 import torch.autograd.forward_ad as _fwad
 
@@ -57,6 +58,7 @@ ORIGINALS = MappingProxyType({name: _original(name) for name in _NAMES})
 _TORCH = dict(ORIGINALS)
 
 _ENGINE_DTYPES = (torch.float32, torch.float64)
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 _EPS = {torch.float32: float(torch.finfo(torch.float32).eps), torch.float64: float(torch.finfo(torch.float64).eps)}
 _CUDA: list = []  # [the CUDA module or None], resolved on first use
 
@@ -120,19 +122,27 @@ def _write_out(out: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return out.copy_(r)
 
 
-def _spectrum(A: torch.Tensor, dtype: torch.dtype, method: str = "auto") -> torch.Tensor | None:
-    """Singular values of A (..., m, n) from the engine, descending, as a `dtype` tensor on A's device;
-    None when a matrix holds NaN/Inf or did not converge (the caller then asks torch)."""
+def _spectrum(A: torch.Tensor, dtype: torch.dtype, method: str = "auto") -> Any:
+    """Singular values of A (..., m, n) from the engine, descending, in `dtype`: a numpy array for a
+    CPU tensor (the small steps after it are cheaper in numpy), a tensor on A's device for CUDA; None
+    when a matrix holds NaN/Inf or did not converge (the caller then asks torch)."""
     if A.requires_grad:  # grad mode is off here (_engine_ok): a values-only read
         A = A.detach()
     *batch, m, n = A.shape
-    s = torch.empty((*batch, min(m, n)), dtype=dtype, device=A.device)
+    shape = (*batch, min(m, n))
     if A.device.type == "cuda":
+        s = torch.empty(shape, dtype=dtype, device=A.device)
         stream = torch.cuda.current_stream(A.device).cuda_stream
         status = _cuda().svdvals(A, s, method, stream, True)  # waits, as torch's own checks do
     else:
-        status = _core.svdvals(A, s, method)
+        s = np.empty(shape, dtype=_NUMPY[dtype])
+        status = _core.svdvals(A.numpy(), s, method)  # a numpy view: the cheapest DLPack export
     return None if status.any() else s
+
+
+def _tensor(r: Any) -> torch.Tensor:
+    """A result computed from _spectrum's values as a tensor (numpy results: on the CPU, no copy)."""
+    return r if isinstance(r, torch.Tensor) else torch.from_numpy(np.asarray(r))
 
 
 def _is_real_number(v: Any) -> bool:
@@ -151,6 +161,7 @@ def svdvals(A, *, driver=None, out=None):
     if driver is None and _engine_ok(A) and _out_ok(out, A, A.dtype):
         s = _spectrum(A, A.dtype)
         if s is not None:
+            s = _tensor(s)
             return s if out is None else _write_out(out, s)
     return _TORCH["svdvals"](A, driver=driver, out=out)
 
@@ -180,8 +191,10 @@ def matrix_rank(A, *args, **kwargs):
         if s is not None:
             if rtol is None:
                 rtol = 0.0 if atol is not None and atol > 0 else _EPS[A.dtype] * max(A.shape[-2], A.shape[-1])
-            tol = torch.clamp(s[..., 0] * float(rtol), min=0.0 if atol is None else float(atol))
-            r = (s > tol.unsqueeze(-1)).sum(-1)
+            tol = s[..., :1] * float(rtol)
+            if atol is not None:
+                tol = tol.clamp(min=float(atol)) if isinstance(tol, torch.Tensor) else np.maximum(tol, float(atol))
+            r = _tensor((s > tol).sum(-1))
             return r if out is None else _write_out(out, r)
     return _TORCH["matrix_rank"](A, *args, **kwargs)
 
@@ -231,11 +244,9 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None, out=No
             B = A if dims == last else A.movedim(dims, last)
             s = _spectrum(B, torch.float64, "exact" if cdt == torch.float64 else "auto")
             if s is not None:
-                v = s[..., 0] if ord == 2 else s[..., -1] if ord == -2 else s.sum(-1)
-                v = v.to(cdt)
+                v = _tensor(s[..., 0] if ord == 2 else s[..., -1] if ord == -2 else s.sum(-1)).to(cdt)
                 if keepdim:
-                    for d in sorted(dims):
-                        v = v.unsqueeze(d)
+                    v = v.reshape([1 if d in dims else size for d, size in enumerate(A.shape)])
                 return v if out is None else _write_out(out, v)
     return _TORCH["matrix_norm"](A, ord, dim, keepdim, dtype=dtype, out=out)
 
@@ -255,8 +266,9 @@ def cond(A, p=None, *, out=None):
     if (p is None or (type(p) in (int, float) and p in (2, -2))) and _engine_ok(A) and _out_ok(out, A, A.dtype):
         s = _spectrum(A, torch.float64)
         if s is not None:
-            c = s[..., -1] / s[..., 0] if p == -2 else s[..., 0] / s[..., -1]
-            c = c.to(A.dtype)
+            with np.errstate(divide="ignore", invalid="ignore"):  # x/0 = inf and 0/0 = NaN, as torch gives
+                c = s[..., -1] / s[..., 0] if p == -2 else s[..., 0] / s[..., -1]
+            c = _tensor(c).to(A.dtype)
             return c if out is None else _write_out(out, c)
     return _TORCH["cond"](A, p, out=out)
 

@@ -49,6 +49,12 @@ WEIGHT_METRICS = ("alpha", "xmin", "D", "num_pl_spikes", "sv_max", "sv_min", "lo
 #: Those that read the small end of the spectrum: they need the float64 route (and its refinement).
 SMALL_END = frozenset({"sv_min", "log10_sv_min", "log10_sv_min_rel", "condition_number", "matrix_rank",
                        "rank_loss", "weak_rank_loss", "entropy"})
+#: Those float32 Gram eigenvalues cannot give: the small end, and effective_rank (it sums every s).
+NEEDS_FLOAT64 = SMALL_END | {"effective_rank"}
+#: precision="float32" keeps a matrix's float32 spectrum only where its fit region is resolved: the
+#: median eigenvalue at least this fraction of the largest (float32 Gram eigenvalues carry an absolute
+#: error of ~k·eps32·λ_max, 1e-3 relative here at k = 768 and less above); others take the float64 route.
+FLOAT32_MEDIAN_FLOOR = 1e-3
 #: Activation diagnostics (rankscope.torch.capture's columns); the nc* ones need labels.
 ACTIVATION_METRICS = ("rankme", "mean_std", "frac_below_gamma", "std_of_l2_normalized", "mean_pairwise_cosine",
                       "nc1", "nc1_topk", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangularity",
@@ -161,14 +167,17 @@ class SpectralMonitor:
         Conv2d as pooled slices (default) or one out × in·kh·kw matrix.
     min_dim : int, optional
         Skip matrices whose smaller side is below this (default: none skipped, as the scanner).
-    precision : "float64" or "float32"
-        "float64" (default): the engine's float64 route, matrices whose s_min falls below 1e-6·s₁
-        recomputed by the exact route, as the scanner does. "float32": eigenvalues of float32 Gram
-        matrices (torch, on the parameters' device); cheaper, but resolves nothing below
-        ~3e-4·s₁, so only for metrics that read the large end (alpha, stable_rank, log norms,
-        effective_rank...): asking for a small-end metric (rank_loss, log10_sv_min, ...) with it is
-        an error. ``benchmarks/bench_monitor.py`` measures how far alpha moves (well inside the fit's
-        own error).
+    precision : "auto", "float64" or "float32"
+        "float64": the engine's float64 route, matrices whose s_min falls below 1e-6·s₁ recomputed
+        by the exact route, as the scanner does. "float32": eigenvalues of float32 Gram matrices
+        (torch, on the parameters' device), about twice as fast; they resolve nothing below
+        ~3e-4·s₁, so only metrics that read the large end may use them (alpha, xmin, D, stable_rank,
+        sv_max, the log norms, mp_softrank...); asking for a small-end metric (rank_loss,
+        log10_sv_min, effective_rank, ...) with it is an error, and a matrix whose median eigenvalue
+        is below 1e-3·λ_max (where alpha's median-xmin fit would read noise: a collapsing layer)
+        is recomputed in float64. "auto" (default): float32 when every requested weight metric is a
+        large-end one, else float64. ``benchmarks/bench_monitor.py`` measures how far float32 moves
+        alpha: ~1e-5 of the fit's own standard error (α − 1)/√n.
     device : None, "cpu", "cuda" or "cuda:N"
         Where spectra are computed: default the parameters' device; "cpu" copies GPU parameters to the
         host first.
@@ -211,7 +220,7 @@ class SpectralMonitor:
     def __init__(self, model: torch.nn.Module, *, every: int = 1, weights: bool = True,
                  layers: str | Sequence[str] | None = None, activations: str | Sequence[str] | bool | None = None,
                  probe: Any = None, num_classes: int | None = None, metrics: Sequence[str] | None = None,
-                 estimator: str = "median", conv: str = "slices", min_dim: int | None = None, precision: str = "float64",
+                 estimator: str = "median", conv: str = "slices", min_dim: int | None = None, precision: str = "auto",
                  device: Any = None, log: Any = None, on_event: Callable[[MonitorEvent], None] | None = None,
                  alpha_range: tuple[float, float] = (2.0, 6.0), rank_loss_rise: float = 0.01,
                  rankme_drop: float = 0.5, tokens: str = "mean", spatial: str = "mean",
@@ -224,11 +233,13 @@ class SpectralMonitor:
             raise ValueError(f"every must be a positive int, got {every!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if precision not in ("float64", "float32"):
-            raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        if precision not in ("auto", "float64", "float32"):
+            raise ValueError(f"precision must be 'auto', 'float64' or 'float32', got {precision!r}")
         self.weight_metrics, self.activation_metrics = _check_metrics(metrics)
-        if precision == "float32":
-            small = sorted(SMALL_END.intersection(self.weight_metrics))
+        if precision == "auto":
+            precision = "float64" if NEEDS_FLOAT64.intersection(self.weight_metrics) else "float32"
+        elif precision == "float32":
+            small = sorted(NEEDS_FLOAT64.intersection(self.weight_metrics))
             if small:
                 raise ValueError(f"precision='float32' cannot resolve the small end of a spectrum; metrics {small} "
                                  "need precision='float64' (or leave them out)")
@@ -260,7 +271,8 @@ class SpectralMonitor:
         self._opts = ScanOptions(conv=conv, layers=layers, min_dim=min_dim, estimator=estimator, keep_evals=False,
                                  alpha_range=self.alpha_range)
         self._opts.validate()
-        self._refine_rtol = self._opts.refine_rtol if SMALL_END.intersection(self.weight_metrics) else 0.0
+        # always the scanner's refinement: alpha's fit of a collapsing layer reads its small end too
+        self._refine_rtol = self._opts.refine_rtol
         self._writers = [_writer(w) for w in _as_list(log)]
         self._rows: list[tuple[int, str, str, float]] = []
         self._frame = None
@@ -400,12 +412,19 @@ class SpectralMonitor:
         where = self.device or mats[0].device
         if where.type != "cuda":
             mats = [m.cpu() if m.device.type != "cpu" else m for m in mats]
+            from ..scan.runner import refined_spectra
+
             if self.precision == "float32":
                 vals = _float32_spectra(mats)
                 refined = np.zeros(len(mats), dtype=bool)
+                redo = [i for i, v in enumerate(vals) if _float32_unresolved(v)]
+                if redo:
+                    again, _ = refined_spectra([mats[i] for i in redo], [mats[i].dtype == torch.float64 for i in redo],
+                                               self._refine_rtol, None)
+                    for i, v in zip(redo, again):
+                        vals[i] = v
+                        refined[i] = True
             else:
-                from ..scan.runner import refined_spectra
-
                 vals, refined = refined_spectra(mats, [m.dtype == torch.float64 for m in mats], self._refine_rtol,
                                                 None)
             return _Pending(step, layers, owner, acts, host=(vals, refined))
@@ -425,7 +444,7 @@ class SpectralMonitor:
         snaps = [(idx, torch.stack([mats[i] for i in idx])) for idx in groups.values()]
         side.wait_stream(main)
         out = []
-        keep = self._refine_rtol > 0
+        keep = self._refine_rtol > 0 or self.precision == "float32"
         with torch.cuda.stream(side):
             for idx, snap in snaps:
                 snap.record_stream(side)
@@ -446,17 +465,29 @@ class SpectralMonitor:
         for idx, host, snap in p.cuda:
             h = host.numpy()
             redo = []
+            f32 = self.precision == "float32"
             for j, i in enumerate(idx):
                 s = h[j]
                 vals[i] = s
-                if snap is not None and snap.dtype != torch.float64 and len(s) and s[0] > 0 \
-                        and not (s[-1] >= self._refine_rtol * s[0]):
+                if snap is None:
+                    continue
+                if (_float32_unresolved(s) if f32 else
+                        snap.dtype != torch.float64 and len(s) and s[0] > 0 and not (s[-1] >= self._refine_rtol * s[0])):
                     redo.append(j)
-            if redo:  # the exact route for the few matrices whose small end the Gram route cannot resolve
-                from .._api import svdvals
+            if redo:  # float64 (or the exact route) for the few matrices the faster route cannot resolve
+                if f32:
+                    again = list(_engine_cuda(snap[redo]).cpu().numpy())
+                    for r, s in enumerate(again):
+                        if snap.dtype != torch.float64 and s[0] > 0 and not (s[-1] >= self._refine_rtol * s[0]):
+                            from .._api import svdvals
 
-                exact = svdvals(snap[redo], method="exact", dtype="float64", check_finite=False).cpu().numpy()
-                for j, s in zip(redo, exact):
+                            again[r] = svdvals(snap[redo[r]], method="exact", dtype="float64",
+                                               check_finite=False).cpu().numpy()
+                else:
+                    from .._api import svdvals
+
+                    again = svdvals(snap[redo], method="exact", dtype="float64", check_finite=False).cpu().numpy()
+                for j, s in zip(redo, again):
                     vals[idx[j]] = s
                     refined[idx[j]] = True
         return vals, refined
@@ -608,6 +639,11 @@ def _writer(w: Any) -> Callable[[MonitorRecord], None]:
         return w
     raise TypeError(f"log must be a callable, a SummaryWriter, a .csv/.parquet path or a list of them, got "
                     f"{type(w).__name__}")
+
+
+def _float32_unresolved(s: np.ndarray) -> bool:
+    """Whether a float32-Gram spectrum (descending s) is too close to its noise floor for the fits."""
+    return bool(len(s)) and s[0] > 0 and not (s[len(s) // 2] ** 2 >= FLOAT32_MEDIAN_FLOOR * s[0] ** 2)
 
 
 def _gram(a: torch.Tensor) -> torch.Tensor:
