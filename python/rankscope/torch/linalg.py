@@ -149,63 +149,93 @@ def _is_real_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def svdvals(A, *, driver=None, out=None):
-    """Singular values of A (..., m, n), descending: torch.linalg.svdvals.
+_POS, _KW = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+
+
+class _Params:
+    """One function's parameters after A, as torch.linalg documents them: binds a call's arguments
+    the way torch would, or gives None for anything else (torch's function then raises or decides,
+    with the arguments exactly as given: its messages name what was passed)."""
+
+    def __init__(self, positional: tuple, keyword: tuple):
+        self.positional = tuple(name for name, _ in positional)
+        self.names = frozenset(name for name, _ in positional + keyword)
+        self.defaults = dict(positional + keyword)
+        self.signature = inspect.Signature(
+            [inspect.Parameter("A", _POS)]
+            + [inspect.Parameter(n, _POS, default=d) for n, d in positional]
+            + [inspect.Parameter(n, _KW, default=d) for n, d in keyword]
+        )
+
+    def bind(self, args: tuple, kwargs: dict) -> dict | None:
+        if not args and not kwargs:
+            return self.defaults
+        if len(args) > len(self.positional) or not kwargs.keys() <= self.names:
+            return None
+        bound = dict(self.defaults)
+        bound.update(zip(self.positional, args))
+        for name in kwargs:
+            if name in self.positional[: len(args)]:
+                return None  # given twice: torch's TypeError
+        bound.update(kwargs)
+        return bound
+
+
+_SVDVALS = _Params((), (("driver", None), ("out", None)))
+_RANK = _Params((), (("atol", None), ("rtol", None), ("hermitian", False), ("out", None)))
+_NORM = _Params((("ord", "fro"), ("dim", (-2, -1)), ("keepdim", False)), (("dtype", None), ("out", None)))
+_COND = _Params((("p", None),), (("out", None),))
+
+
+def svdvals(A, *args, **kwargs):
+    """Singular values of A (..., m, n), descending: torch.linalg.svdvals(A, *, driver=None, out=None).
 
     The same arguments, result (real dtype of A, shape (..., min(m, n))), errors and ``out=``
-    behaviour as torch.linalg.svdvals. Real float32/float64 CPU (and CUDA, unverified) tensors are
-    computed by rankscope's engine (float32 via the float64 Gram route, float64 via dgesdd); gradients,
+    behaviour as torch's function. Real float32/float64 CPU (and CUDA, unverified) tensors are computed
+    by rankscope's engine (float32 via the float64 Gram route, float64 via dgesdd); gradients,
     ``driver=`` and everything else listed in the module docstring go to torch's own function, so
     gradients are always torch's.
     """
-    if driver is None and _engine_ok(A) and _out_ok(out, A, A.dtype):
+    a = _SVDVALS.bind(args, kwargs)
+    if a is not None and a["driver"] is None and _engine_ok(A) and _out_ok(a["out"], A, A.dtype):
         s = _spectrum(A, A.dtype)
         if s is not None:
             s = _tensor(s)
-            return s if out is None else _write_out(out, s)
-    return _TORCH["svdvals"](A, driver=driver, out=out)
+            return s if a["out"] is None else _write_out(a["out"], s)
+    return _TORCH["svdvals"](A, *args, **kwargs)
 
 
 def matrix_rank(A, *args, **kwargs):
     """Numerical rank of A (..., m, n), as int64: torch.linalg.matrix_rank.
 
-    ``matrix_rank(A, *, atol=None, rtol=None, hermitian=False, out=None)``, and torch's deprecated
-    ``matrix_rank(A, tol, hermitian=False, *, out=None)``: count(s > max(atol, rtol · s₁)), rtol
+    ``matrix_rank(A, *, atol=None, rtol=None, hermitian=False, out=None)`` (and torch's deprecated
+    ``matrix_rank(A, tol, hermitian=False, *, out=None)``): count(s > max(atol, rtol · s₁)), rtol
     defaulting to max(m, n) · eps(A.dtype), or to 0 when atol > 0 is given (torch's rule, METRICS.md
     §1). The same results, errors and ``out=`` behaviour as torch's function. The engine computes the
     float64 singular values of real float32/float64 tensors and counts them against the tolerance in
     float64; ``hermitian=True``, tensor or positional tolerances, gradients and everything else listed
-    in the module docstring go to torch's own function, with the arguments as given.
+    in the module docstring go to torch's own function.
     """
-    atol, rtol, out = kwargs.get("atol"), kwargs.get("rtol"), kwargs.get("out")
-    if (
-        not args
-        and kwargs.keys() <= _RANK_KWARGS
-        and kwargs.get("hermitian", False) is False
-        and (atol is None or _is_real_number(atol))
-        and (rtol is None or _is_real_number(rtol))
-        and _engine_ok(A)
-        and _out_ok(out, A, torch.int64)
-    ):
-        s = _spectrum(A, torch.float64)
-        if s is not None:
-            if rtol is None:
-                rtol = 0.0 if atol is not None and atol > 0 else _EPS[A.dtype] * max(A.shape[-2], A.shape[-1])
-            tol = s[..., :1] * float(rtol)
-            if atol is not None:
-                tol = tol.clamp(min=float(atol)) if isinstance(tol, torch.Tensor) else np.maximum(tol, float(atol))
-            r = _tensor((s > tol).sum(-1))
-            return r if out is None else _write_out(out, r)
+    a = _RANK.bind(args, kwargs)
+    if a is not None:
+        atol, rtol, out = a["atol"], a["rtol"], a["out"]
+        if (
+            a["hermitian"] is False
+            and (atol is None or _is_real_number(atol))
+            and (rtol is None or _is_real_number(rtol))
+            and _engine_ok(A)
+            and _out_ok(out, A, torch.int64)
+        ):
+            s = _spectrum(A, torch.float64)
+            if s is not None:
+                if rtol is None:
+                    rtol = 0.0 if atol is not None and atol > 0 else _EPS[A.dtype] * max(A.shape[-2], A.shape[-1])
+                tol = s[..., :1] * float(rtol)
+                if atol is not None:
+                    tol = tol.clamp(min=float(atol)) if isinstance(tol, torch.Tensor) else np.maximum(tol, float(atol))
+                r = _tensor((s > tol).sum(-1))
+                return r if out is None else _write_out(out, r)
     return _TORCH["matrix_rank"](A, *args, **kwargs)
-
-
-_RANK_KWARGS = frozenset({"atol", "rtol", "hermitian", "out"})
-_KW = inspect.Parameter.KEYWORD_ONLY
-matrix_rank.__signature__ = inspect.Signature([
-    inspect.Parameter("A", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-    *(inspect.Parameter(name, _KW, default=d) for name, d in (("atol", None), ("rtol", None), ("hermitian", False),
-                                                              ("out", None))),
-])
 
 
 def _matrix_dims(dim: Any, ndim: int) -> tuple[int, int] | None:
@@ -220,8 +250,18 @@ def _matrix_dims(dim: Any, ndim: int) -> tuple[int, int] | None:
     return d0, d1
 
 
-def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None, out=None):
-    """Matrix norm of A over the two axes ``dim``: torch.linalg.matrix_norm.
+def _norm_dtype(A: torch.Tensor, dtype: Any) -> torch.dtype | None:
+    """The dtype matrix_norm computes and returns in, when the engine can give it exactly."""
+    if dtype is None or dtype == A.dtype:
+        return A.dtype
+    if A.dtype == torch.float32 and dtype == torch.float64:
+        return torch.float64
+    return None
+
+
+def matrix_norm(A, *args, **kwargs):
+    """Matrix norm of A over two axes: torch.linalg.matrix_norm(A, ord="fro", dim=(-2, -1),
+    keepdim=False, *, dtype=None, out=None).
 
     The same arguments, results (A's dtype, or ``dtype``), shapes (``keepdim``), errors and ``out=``
     behaviour as torch's function. ord=2 (largest singular value), -2 (smallest) and "nuc" (their
@@ -230,29 +270,27 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None, out=No
     "fro", ±1, ±inf, gradients and everything else listed in the module docstring go to torch's own
     function, so gradients are always torch's.
     """
-    fast_ord = (type(ord) in (int, float) and ord in (2, -2)) or (type(ord) is str and ord == "nuc")
-    if fast_ord and _engine_ok(A):
-        dims = _matrix_dims(dim, A.dim())
-        if dtype is None or dtype == A.dtype:
-            cdt = A.dtype
-        elif A.dtype == torch.float32 and dtype == torch.float64:
-            cdt = torch.float64
-        else:
-            cdt = None
-        if dims is not None and cdt is not None and type(keepdim) is bool and _out_ok(out, A, cdt):
-            last = (A.dim() - 2, A.dim() - 1)
-            B = A if dims == last else A.movedim(dims, last)
-            s = _spectrum(B, torch.float64, "exact" if cdt == torch.float64 else "auto")
-            if s is not None:
-                v = _tensor(s[..., 0] if ord == 2 else s[..., -1] if ord == -2 else s.sum(-1)).to(cdt)
-                if keepdim:
-                    v = v.reshape([1 if d in dims else size for d, size in enumerate(A.shape)])
-                return v if out is None else _write_out(out, v)
-    return _TORCH["matrix_norm"](A, ord, dim, keepdim, dtype=dtype, out=out)
+    a = _NORM.bind(args, kwargs)
+    if a is not None:
+        ord, keepdim, out = a["ord"], a["keepdim"], a["out"]
+        fast_ord = (type(ord) in (int, float) and ord in (2, -2)) or (type(ord) is str and ord == "nuc")
+        if fast_ord and type(keepdim) is bool and _engine_ok(A):
+            dims = _matrix_dims(a["dim"], A.dim())
+            cdt = _norm_dtype(A, a["dtype"])
+            if dims is not None and cdt is not None and _out_ok(out, A, cdt):
+                last = (A.dim() - 2, A.dim() - 1)
+                B = A if dims == last else A.movedim(dims, last)
+                s = _spectrum(B, torch.float64, "exact" if cdt == torch.float64 else "auto")
+                if s is not None:
+                    v = _tensor(s[..., 0] if ord == 2 else s[..., -1] if ord == -2 else s.sum(-1)).to(cdt)
+                    if keepdim:
+                        v = v.reshape([1 if d in dims else size for d, size in enumerate(A.shape)])
+                    return v if out is None else _write_out(out, v)
+    return _TORCH["matrix_norm"](A, *args, **kwargs)
 
 
-def cond(A, p=None, *, out=None):
-    """Condition number of A (..., m, n): torch.linalg.cond.
+def cond(A, *args, **kwargs):
+    """Condition number of A (..., m, n): torch.linalg.cond(A, p=None, *, out=None).
 
     p=None or 2: s₁ / s_k; p=-2: s_k / s₁ (inf for an exactly singular matrix, NaN for the zero
     matrix, as torch gives), in A's real dtype with A's batch shape. The same arguments, results,
@@ -263,16 +301,20 @@ def cond(A, p=None, *, out=None):
     gradients and everything else listed in the module docstring go to torch's own function, so
     gradients are always torch's.
     """
-    if (p is None or (type(p) in (int, float) and p in (2, -2))) and _engine_ok(A) and _out_ok(out, A, A.dtype):
-        s = _spectrum(A, torch.float64)
-        if s is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):  # x/0 = inf and 0/0 = NaN, as torch gives
-                c = s[..., -1] / s[..., 0] if p == -2 else s[..., 0] / s[..., -1]
-            c = _tensor(c).to(A.dtype)
-            return c if out is None else _write_out(out, c)
-    return _TORCH["cond"](A, p, out=out)
+    a = _COND.bind(args, kwargs)
+    if a is not None:
+        p, out = a["p"], a["out"]
+        if (p is None or (type(p) in (int, float) and p in (2, -2))) and _engine_ok(A) and _out_ok(out, A, A.dtype):
+            s = _spectrum(A, torch.float64)
+            if s is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):  # x/0 = inf and 0/0 = NaN, as torch gives
+                    c = s[..., -1] / s[..., 0] if p == -2 else s[..., 0] / s[..., -1]
+                c = _tensor(c).to(A.dtype)
+                return c if out is None else _write_out(out, c)
+    return _TORCH["cond"](A, *args, **kwargs)
 
 
-for _fn in (svdvals, matrix_rank, matrix_norm, cond):
+for _fn, _params in ((svdvals, _SVDVALS), (matrix_rank, _RANK), (matrix_norm, _NORM), (cond, _COND)):
+    _fn.__signature__ = _params.signature
     _fn._torch_original = ORIGINALS[_fn.__name__]
-del _fn
+del _fn, _params
