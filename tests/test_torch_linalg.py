@@ -159,6 +159,34 @@ def test_matrix_rank_against_float64_and_torch(rng, calls, dtype, shape):
     assert calls["matrix_rank"] == 0 and calls["engine"] == 8
 
 
+@pytest.mark.parametrize("kw", [{"rtol": 1e-9}, {"atol": 1e-9}, {"atol": 1e-10, "rtol": 1e-11}])
+def test_matrix_rank_small_tolerances_use_dgesdd(rng, monkeypatch, kw):
+    """float32 matrices of rank 10 in 40×30: their rounding to float32 leaves 20 singular values near
+    1e-8..1e-7·s₁, which a tolerance of 1e-9 counts. The Gram route cannot resolve them; the engine
+    then counts dgesdd's values, which match the float64 oracle."""
+    methods = []
+    core = rs._core.svdvals
+
+    def spy(x, out, method):
+        methods.append(method)
+        return core(x, out, method)
+
+    monkeypatch.setattr(rs._core, "svdvals", spy)
+    A = tensor(np.stack([engineered(rng, 40, 30, np.r_[np.ones(10), np.zeros(20)]) for _ in range(8)]))
+    ref = s64(A)
+    tol = np.maximum(kw.get("atol", 0.0), kw.get("rtol", 0.0) * ref[..., :1])
+    err = 0.1 * 40 * EPS64 * ref[..., :1]  # dgesdd on both sides (conftest)
+    clear = ~np.any(np.abs(ref - tol) <= 2 * err, axis=-1)
+    assert clear.mean() >= 0.5
+    got = L.matrix_rank(A, **kw).numpy()
+    np.testing.assert_array_equal(got[clear], (ref > tol).sum(-1)[clear])
+    assert methods == ["auto", "exact"]
+    assert np.all((ref > tol).sum(-1) > 10)  # the rounding's values count: not a trivial case
+    methods.clear()
+    L.matrix_rank(A)  # torch's default tolerance: the Gram route alone
+    assert methods == ["auto"]
+
+
 def test_special_matrices(calls):
     for dtype in FLOATS:
         Z = torch.zeros(2, 3, 4, dtype=dtype)

@@ -213,7 +213,8 @@ def matrix_rank(A, *args, **kwargs):
     defaulting to max(m, n) · eps(A.dtype), or to 0 when atol > 0 is given (torch's rule, METRICS.md
     §1). The same results, errors and ``out=`` behaviour as torch's function. The engine computes the
     float64 singular values of real float32/float64 tensors and counts them against the tolerance in
-    float64; ``hermitian=True``, tensor or positional tolerances, gradients and everything else listed
+    float64 (float32 by the Gram route, or by dgesdd when a tolerance given is too small for the Gram
+    route to resolve, below about (k + √max(m, n))·2e-9·s₁); ``hermitian=True``, tensor or positional tolerances, gradients and everything else listed
     in the module docstring go to torch's own function.
     """
     a = _RANK.bind(args, kwargs)
@@ -226,16 +227,32 @@ def matrix_rank(A, *args, **kwargs):
             and _engine_ok(A)
             and _out_ok(out, A, torch.int64)
         ):
+            m, n = A.shape[-2], A.shape[-1]
+            if rtol is None:
+                rtol = 0.0 if atol is not None and atol > 0 else _EPS[A.dtype] * max(m, n)
             s = _spectrum(A, torch.float64)
-            if s is not None:
-                if rtol is None:
-                    rtol = 0.0 if atol is not None and atol > 0 else _EPS[A.dtype] * max(A.shape[-2], A.shape[-1])
-                tol = s[..., :1] * float(rtol)
-                if atol is not None:
-                    tol = tol.clamp(min=float(atol)) if isinstance(tol, torch.Tensor) else np.maximum(tol, float(atol))
+            tol = None if s is None else _rank_tol(s, atol, rtol)
+            # The Gram route (float32) resolves a value near tol to c·eps64·s₁²/(2·tol), c = 2(k + √L)
+            # (conftest.sv_tolerance); below tol = (k + √L)·eps64/eps32·s₁ that band is wider than the
+            # data's own rounding, eps32·s₁: then count on dgesdd's values instead. Torch's default
+            # tolerance, max(m, n)·eps32·s₁, is always above it.
+            if tol is not None and A.dtype == torch.float32:
+                floor = (min(m, n) + max(m, n) ** 0.5) * _EPS[torch.float64] / _EPS[torch.float32]
+                if bool((tol < floor * s[..., :1]).any()):
+                    s = _spectrum(A, torch.float64, "exact")
+                    tol = None if s is None else _rank_tol(s, atol, rtol)
+            if tol is not None:
                 r = _tensor((s > tol).sum(-1))
                 return r if out is None else _write_out(out, r)
     return _TORCH["matrix_rank"](A, *args, **kwargs)
+
+
+def _rank_tol(s: Any, atol: float | None, rtol: float) -> Any:
+    """max(atol, rtol · s₁) of each spectrum, shaped (..., 1)."""
+    tol = s[..., :1] * float(rtol)
+    if atol is None:
+        return tol
+    return tol.clamp(min=float(atol)) if isinstance(tol, torch.Tensor) else np.maximum(tol, float(atol))
 
 
 def _matrix_dims(dim: Any, ndim: int) -> tuple[int, int] | None:
