@@ -140,9 +140,12 @@ def _spectrum(A: torch.Tensor, dtype: torch.dtype, method: str = "auto") -> Any:
     return None if status.any() else s
 
 
-def _tensor(r: Any) -> torch.Tensor:
-    """A result computed from _spectrum's values as a tensor (numpy results: on the CPU, no copy)."""
-    return r if isinstance(r, torch.Tensor) else torch.from_numpy(np.asarray(r))
+def _tensor(r: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A result computed from _spectrum's values as a tensor (of `dtype`, if given; numpy results:
+    converted in numpy, then shared with torch without a copy)."""
+    if isinstance(r, torch.Tensor):
+        return r if dtype is None else r.to(dtype)
+    return torch.from_numpy(np.asarray(r, dtype=None if dtype is None else _NUMPY[dtype]))
 
 
 def _is_real_number(v: Any) -> bool:
@@ -238,7 +241,7 @@ def matrix_rank(A, *args, **kwargs):
             # tolerance, max(m, n)·eps32·s₁, is always above it.
             if tol is not None and A.dtype == torch.float32:
                 floor = (min(m, n) + max(m, n) ** 0.5) * _EPS[torch.float64] / _EPS[torch.float32]
-                if bool((tol < floor * s[..., :1]).any()):
+                if rtol < floor and bool((tol < floor * s[..., :1]).any()):  # tol ≥ rtol·s₁
                     s = _spectrum(A, torch.float64, "exact")
                     tol = None if s is None else _rank_tol(s, atol, rtol)
             if tol is not None:
@@ -299,7 +302,7 @@ def matrix_norm(A, *args, **kwargs):
                 B = A if dims == last else A.movedim(dims, last)
                 s = _spectrum(B, torch.float64, "exact" if cdt == torch.float64 else "auto")
                 if s is not None:
-                    v = _tensor(s[..., 0] if ord == 2 else s[..., -1] if ord == -2 else s.sum(-1)).to(cdt)
+                    v = _tensor(s[..., 0] if ord == 2 else s[..., -1] if ord == -2 else s.sum(-1), cdt)
                     if keepdim:
                         v = v.reshape([1 if d in dims else size for d, size in enumerate(A.shape)])
                     return v if out is None else _write_out(out, v)
@@ -326,7 +329,7 @@ def cond(A, *args, **kwargs):
             if s is not None:
                 with np.errstate(divide="ignore", invalid="ignore"):  # x/0 = inf and 0/0 = NaN, as torch gives
                     c = s[..., -1] / s[..., 0] if p == -2 else s[..., 0] / s[..., -1]
-                c = _tensor(c).to(A.dtype)
+                c = _tensor(c, A.dtype)
                 return c if out is None else _write_out(out, c)
     return _TORCH["cond"](A, *args, **kwargs)
 
