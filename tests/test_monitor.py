@@ -202,7 +202,8 @@ def test_events_warn_without_a_callback(net):
 
 def test_alpha_leaving_the_range(net):
     events: list[MonitorEvent] = []
-    mon = SpectralMonitor(net, layers="fc2", metrics=["alpha"], alpha_range=(2.0, 20.0), on_event=events.append)
+    mon = SpectralMonitor(net, layers="fc2", metrics=["alpha"], alpha_range=(2.0, 20.0), min_evals=1,
+                          on_event=events.append)
     mon.step()
     assert 2 < mon.latest["fc2.weight"]["alpha"] < 20 and events == []
     # a power-law spectrum s_j = j^-2 (λ_j = j^-4): a density exponent 1 + 1/4, far below 2
@@ -218,10 +219,56 @@ def test_alpha_leaving_the_range(net):
 
 def test_alpha_outside_from_the_start_is_not_an_event(net):
     events: list[MonitorEvent] = []
-    mon = SpectralMonitor(net, layers="fc2", metrics=["alpha"], alpha_range=(1.5, 2.0), on_event=events.append)
+    mon = SpectralMonitor(net, layers="fc2", metrics=["alpha"], alpha_range=(1.5, 2.0), min_evals=1,
+                          on_event=events.append)
     mon.step()
     mon.step()
     assert mon.latest["fc2.weight"]["alpha"] > 2.0 and events == []
+
+
+def test_alpha_events_need_min_evals(net):
+    events: list[MonitorEvent] = []
+    mon = SpectralMonitor(net, layers="fc2", metrics=["alpha", "num_evals"], alpha_range=(2.0, 20.0),
+                          on_event=events.append)  # default min_evals=50; fc2 has 40 eigenvalues
+    mon.step()
+    assert mon.latest["fc2.weight"]["num_evals"] == 40
+    with torch.no_grad():
+        net.fc2.weight.copy_(_planted(40, 40, np.arange(1, 41, dtype=np.float64) ** -2.0, np.random.default_rng(6)))
+    mon.step()
+    assert mon.latest["fc2.weight"]["alpha"] < 2 and events == []
+
+
+def test_hysteresis_and_warmup(net):
+    rng = np.random.default_rng(8)
+    events: list[MonitorEvent] = []
+    mon = SpectralMonitor(net, layers="fc2", metrics=["rank_loss"], rank_loss_rise=0.25, on_event=events.append,
+                          warmup=2)
+    mon.step()  # step 1: before warm-up, not a reference
+    _collapse(net.fc2, 36, rng)  # rank loss 4 at step 2: the reference
+    mon.step()
+    # threshold: 10 above the reference 4. 14 fires; 11 (rise 7 > 10/2) does not re-arm, so 14 again
+    # does not fire; 5 (rise 1 <= 5) re-arms; 16 fires again
+    for keep, want in [(26, 1), (29, 1), (26, 1), (35, 1), (24, 2)]:
+        _collapse(net.fc2, keep, rng)
+        mon.step()
+        assert len(events) == want, (keep, [(e.step, e.value) for e in events])
+    assert [(e.step, e.value, e.reference) for e in events] == [(3, 14, 4), (7, 16, 4)]
+
+
+def test_measure_is_complete_on_the_cpu(net):
+    mon = SpectralMonitor(net, metrics=["alpha"])
+    mon.measure()
+    assert len(mon.seconds) == mon.records == 1 and mon._pending == []
+
+
+def test_probe_as_a_list_of_batches(net):
+    torch.manual_seed(9)
+    batches = [(torch.randn(32, 16), torch.randint(0, 7, (32,))) for _ in range(3)]
+    mon = SpectralMonitor(net, weights=False, activations="fc1", probe=batches, metrics=["mean_std"])
+    mon.step()
+    with torch.no_grad():
+        h = torch.cat([net.fc1(x) for x, _ in batches]).double()
+    assert mon.latest["fc1"]["mean_std"] == pytest.approx(float(h.std(dim=0).mean()), rel=1e-6)
 
 
 def test_non_finite_weights_become_nan_and_an_event(net):

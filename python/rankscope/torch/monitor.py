@@ -12,7 +12,8 @@ On the CPU a measurement runs inside ``step()`` on the engine's thread pool. On 
 the matrices are copied (one device copy per shape group, on the training stream, so later optimizer
 steps cannot race with it) and their spectra computed on a side stream and copied to pinned host
 memory; ``step()`` returns at once and the values are read back lazily (the next ``step()`` takes
-those that are ready without waiting; ``history``, ``latest`` and ``flush()`` wait).
+those that are ready without waiting; ``history``, ``latest`` and ``flush()`` wait). Until then a
+measurement holds that one device copy of the measured matrices (in their stored dtype).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: Weight metrics a monitor can record: the scanner's numeric columns (rankscope.scan's report).
-WEIGHT_METRICS = ("alpha", "xmin", "D", "num_pl_spikes", "sv_max", "sv_min", "log10_sv_min", "log10_sv_min_rel",
+WEIGHT_METRICS = ("num_evals", "alpha", "xmin", "D", "num_pl_spikes", "sv_max", "sv_min", "log10_sv_min", "log10_sv_min_rel",
                   "condition_number", "matrix_rank", "rank_loss", "weak_rank_loss", "entropy", "effective_rank",
                   "stable_rank", "log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
                   "mp_softrank", "num_spikes")
@@ -151,8 +152,8 @@ class SpectralMonitor:
         synchronises on CUDA).
     probe : batch or iterable of batches, optional
         What the activation diagnostics run on when :meth:`step` gets no batch: one batch (inputs,
-        (inputs, labels) as a tuple or list, or a dict, as capture takes them), or a re-iterable of
-        batches that is not itself a tuple, list or dict (a DataLoader).
+        (inputs, labels) as a tuple or list, or a dict, as capture takes them), a list of such
+        (inputs, labels) tuples/lists/dicts, or another re-iterable of batches (a DataLoader).
     num_classes : int, optional
         K for NC1 when batches carry integer labels (without it labels are ignored).
     metrics : list of str, optional
@@ -199,6 +200,17 @@ class SpectralMonitor:
     rankme_drop : float
         "rankme_drop" when an activation's RankMe falls below this fraction of its first value
         (default 0.5).
+    warmup : int
+        Events are judged from the first measurement at step >= `warmup` on (its values are the
+        references "first" means above); earlier measurements are recorded, never flagged
+        (default 0). RankMe often dips in the first tens of steps and recovers.
+    min_evals : int
+        alpha_out_of_range only for layers with at least this many eigenvalues (default 50: a
+        power-law fit of fewer says little).
+
+    Every event has hysteresis: once fired it is re-armed only after the metric came back past
+    half the margin (alpha 5 % of the band inside it, rank loss to half the rise, RankMe above the
+    midpoint between the drop line and its reference), so a metric hovering at its line fires once.
     tokens, spatial, forward :
         How activations become rows and how the model is called for them (as
         :func:`rankscope.torch.capture` takes them; `forward(model, inputs)` when ``model(inputs)``
@@ -223,7 +235,8 @@ class SpectralMonitor:
                  estimator: str = "median", conv: str = "slices", min_dim: int | None = None, precision: str = "auto",
                  device: Any = None, log: Any = None, on_event: Callable[[MonitorEvent], None] | None = None,
                  alpha_range: tuple[float, float] = (2.0, 6.0), rank_loss_rise: float = 0.01,
-                 rankme_drop: float = 0.5, tokens: str = "mean", spatial: str = "mean",
+                 rankme_drop: float = 0.5, warmup: int = 0, min_evals: int = 50, tokens: str = "mean",
+                 spatial: str = "mean",
                  forward: Callable[[torch.nn.Module, Any], Any] | None = None):
         from ..scan.runner import ScanOptions
 
@@ -250,6 +263,10 @@ class SpectralMonitor:
             raise ValueError(f"alpha_range must be (low, high) with low < high, got {alpha_range!r}")
         if not 0 < rankme_drop < 1:
             raise ValueError(f"rankme_drop must be in (0, 1), got {rankme_drop!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+        if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 1:
+            raise ValueError(f"min_evals must be a positive int, got {min_evals!r}")
         if not rank_loss_rise >= 0:
             raise ValueError(f"rank_loss_rise must be >= 0, got {rank_loss_rise!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
@@ -267,6 +284,7 @@ class SpectralMonitor:
         self.alpha_range = (float(lo), float(hi))
         self.rank_loss_rise = float(rank_loss_rise)
         self.rankme_drop = float(rankme_drop)
+        self.warmup, self.min_evals = int(warmup), int(min_evals)
         self.tokens, self.spatial, self.forward = tokens, spatial, forward
         self._opts = ScanOptions(conv=conv, layers=layers, min_dim=min_dim, estimator=estimator, keep_evals=False,
                                  alpha_range=self.alpha_range)
@@ -314,6 +332,7 @@ class SpectralMonitor:
         pending.seconds = time.perf_counter() - t0
         self._pending.append(pending)
         self.records += 1
+        self.poll()  # a CPU measurement is complete: hand it on now
 
     def poll(self) -> None:
         """Hands on the pending measurements whose values are ready, in order, without waiting."""
@@ -535,7 +554,8 @@ class SpectralMonitor:
             raise ValueError("activation diagnostics need a batch: pass probe= to SpectralMonitor or batch= to step()")
         else:
             p = self.probe
-            one = isinstance(p, (torch.Tensor, tuple, list, dict)) or not hasattr(p, "__iter__")
+            many = isinstance(p, list) and bool(p) and all(isinstance(b, (tuple, list, dict)) for b in p)
+            one = not many and (isinstance(p, (torch.Tensor, tuple, list, dict)) or not hasattr(p, "__iter__"))
             batches = [p] if one else p
         df = capture(self.model, batches, layers=None if self.activations is True else self.activations,
                      num_classes=self.num_classes, labels=None if self.num_classes else False,
@@ -548,39 +568,47 @@ class SpectralMonitor:
     # ---- events --------------------------------------------------------------------------------
 
     def _check_weights(self, step: int, layer, v: dict[str, float]) -> None:
+        if step < self.warmup:
+            return
         name = layer.name
         a = v.get("alpha")
-        if a is not None and math.isfinite(a):
+        if a is not None and math.isfinite(a) and layer.num_evals >= self.min_evals:
             lo, hi = self.alpha_range
             out = not lo <= a <= hi
+            margin = 0.05 * (hi - lo)
             if (name, "alpha") not in self._first:  # a layer that starts outside (a random init is
                 self._first[(name, "alpha")] = a    # typically above 6) is flagged once it has been
                 self._flag(name, "alpha", out)       # inside and leaves
-            elif out and (name, "alpha") not in self._flagged:
+            else:
                 edge = lo if a < lo else hi
-                self._event(step, name, "alpha_out_of_range", a, edge,
-                            f"layer {name!r}: alpha {a:.3g} left [{lo:g}, {hi:g}] at step {step}")
-            self._flag(name, "alpha", out)
+                self._edge(step, name, "alpha", out, lo + margin <= a <= hi - margin, "alpha_out_of_range", a, edge,
+                           f"layer {name!r}: alpha {a:.3g} left [{lo:g}, {hi:g}] at step {step}")
         rl = v.get("rank_loss")
         if rl is not None and math.isfinite(rl):
             first = self._first.setdefault((name, "rank_loss"), rl)
-            rise = rl - first >= max(1.0, self.rank_loss_rise * layer.num_evals)
-            if rise and (name, "rank_loss") not in self._flagged:
-                self._event(step, name, "rank_loss_rise", rl, first,
-                            f"layer {name!r}: rank loss rose from {first:.0f} to {rl:.0f} of {layer.num_evals} "
-                            f"singular values at step {step}")
-            self._flag(name, "rank_loss", rise)
+            thr = max(1.0, self.rank_loss_rise * layer.num_evals)
+            self._edge(step, name, "rank_loss", rl - first >= thr, rl - first <= thr / 2, "rank_loss_rise", rl, first,
+                       f"layer {name!r}: rank loss rose from {first:.0f} to {rl:.0f} of {layer.num_evals} "
+                       f"singular values at step {step}")
 
     def _check_activations(self, step: int, name: str, v: dict[str, float]) -> None:
         r = v.get("rankme")
-        if r is None or not math.isfinite(r):
+        if step < self.warmup or r is None or not math.isfinite(r):
             return
         first = self._first.setdefault((name, "rankme"), r)
-        low = r < self.rankme_drop * first
-        if low and (name, "rankme") not in self._flagged:
-            self._event(step, name, "rankme_drop", r, first,
-                        f"layer {name!r}: RankMe fell from {first:.3g} to {r:.3g} at step {step}")
-        self._flag(name, "rankme", low)
+        self._edge(step, name, "rankme", r < self.rankme_drop * first, r >= (1 + self.rankme_drop) / 2 * first,
+                   "rankme_drop", r, first, f"layer {name!r}: RankMe fell from {first:.3g} to {r:.3g} at step {step}")
+
+    def _edge(self, step: int, name: str, metric: str, bad: bool, clear: bool, kind: str, value: float,
+              reference: float, message: str) -> None:
+        """Fires `kind` when `bad` starts; re-armed only once `clear` (hysteresis: a metric hovering at
+        its threshold fires once)."""
+        key = (name, metric)
+        if bad and key not in self._flagged:
+            self._event(step, name, kind, value, reference, message)
+            self._flagged.add(key)
+        elif clear:
+            self._flagged.discard(key)
 
     def _flag(self, name: str, metric: str, on: bool) -> None:
         if on:
