@@ -20,7 +20,8 @@ the last convolution's NC1 rises to ~3 (normal 0.4). The test accuracy barely sh
 against 0.937, averaged over the last 100 steps): the spectra see the collapse that the accuracy
 hides. Of the monitor's events, ``rank_loss_rise`` fires in the excessive run only (from step 151),
 and so does ``rankme_drop`` (step 41; it compares with the first measurement, at initialisation, and
-both runs dip early: the normal run's dip stays just above half); ``alpha_out_of_range`` fires in
+both runs dip early: the normal run's dip stays just above half; ``warmup=`` moves the reference
+later); ``alpha_out_of_range`` fires in
 both (this small CNN's healthy layers sit at alpha 1.65-2.0 with the median estimator, just below
 WeightWatcher's 2-6 band). At weight decay 5e-2, or without the warm-up, the over-regularised net
 can die outright instead (accuracy 0.1, RankMe 1).
