@@ -6,7 +6,6 @@ import contextlib
 import importlib
 import threading
 
-_NUMPY_NAMES = ("svd", "svdvals", "matrix_rank", "norm", "matrix_norm", "cond")
 _TORCH_NAMES = ("svdvals", "matrix_rank", "matrix_norm", "cond")
 
 # One process-wide state: module attributes are global, so is the patch.
@@ -22,13 +21,13 @@ def _replacements(target: str) -> tuple:
 
         from .numpy import linalg as ours
 
-        return numpy.linalg, {name: getattr(ours, name) for name in _NUMPY_NAMES}
+        return numpy.linalg, {name: getattr(ours, name) for name in ours.ORIGINALS}
     try:
         import torch
     except ImportError:
         raise ImportError("rankscope.patch(torch=True) needs torch: pip install torch") from None
     ours = importlib.import_module("rankscope.torch.linalg")
-    names = [n for n in getattr(ours, "__all__", _TORCH_NAMES) if hasattr(torch.linalg, n) and hasattr(ours, n)]
+    names = [n for n in getattr(ours, "ORIGINALS", _TORCH_NAMES) if hasattr(torch.linalg, n)]
     return torch.linalg, {name: getattr(ours, name) for name in names}
 
 

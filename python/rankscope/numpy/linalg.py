@@ -26,7 +26,8 @@ Single float64 matrices with min(m, n) > 16 go to numpy: there both run the same
 one matrix (measured equal speed), and numpy's own result is then bit for bit numpy's. float16
 inputs go to numpy, which raises TypeError for them as it always has.
 
-Each function keeps a reference to numpy's original (its ``__wrapped__``), so assigning these to
+Each function keeps a reference to numpy's original (its ``__wrapped__``; all of them in
+``ORIGINALS``), captured when this module is first imported, so assigning these to
 ``numpy.linalg``'s attributes (see ``rankscope.patch``) forwards without recursion. Names this
 module does not define are looked up in ``numpy.linalg`` (``rankscope.numpy.linalg.inv`` is
 numpy's ``inv``, ``LinAlgError`` numpy's exception).
@@ -34,12 +35,14 @@ numpy's ``inv``, ``LinAlgError`` numpy's exception).
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 from numpy import amax, amin, count_nonzero, errstate, inf, isnan, moveaxis, newaxis
 
 from .._backend import _core
 
-__all__ = ["cond", "matrix_norm", "matrix_rank", "norm", "svd", "svdvals"]
+__all__ = ["ORIGINALS", "cond", "matrix_norm", "matrix_rank", "norm", "svd", "svdvals"]
 
 
 def _original(name: str):
@@ -274,10 +277,12 @@ def cond(x, p=None):
     return r
 
 
-for _f, _orig in ((svd, _np_svd), (svdvals, _np_svdvals), (matrix_rank, _np_matrix_rank), (norm, _np_norm),
-                  (matrix_norm, _np_matrix_norm), (cond, _np_cond)):
-    _f.__wrapped__ = _orig
-del _f, _orig
+#: numpy.linalg's own functions, by name (the functions this module replaces; also each one's ``__wrapped__``).
+ORIGINALS = MappingProxyType({"svd": _np_svd, "svdvals": _np_svdvals, "matrix_rank": _np_matrix_rank,
+                              "norm": _np_norm, "matrix_norm": _np_matrix_norm, "cond": _np_cond})
+for _name, _orig in ORIGINALS.items():
+    globals()[_name].__wrapped__ = _orig
+del _name, _orig
 
 
 def __getattr__(name: str):
