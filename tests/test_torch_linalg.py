@@ -390,6 +390,21 @@ def test_functorch_and_forward_ad_go_to_torch(rng, calls):
     assert calls["engine"] == 0 and calls["svdvals"] >= 2 and calls["matrix_norm"] >= 1
 
 
+def test_torch_compile_traces_torchs_ops(rng, calls):
+    """Under torch.compile (Dynamo, here with the eager backend to keep it quick) the functions trace
+    into torch's own ops, in one graph."""
+    A = tensor(rng.standard_normal((4, 5, 3)))
+
+    def f(x):
+        return L.matrix_norm(x, 2) + L.cond(x, -2) + L.matrix_rank(x, atol=0.1) + L.svdvals(x).sum(-1)
+
+    got = torch.compile(f, fullgraph=True, backend="eager")(A)
+    O = L.ORIGINALS
+    want = O["matrix_norm"](A, 2) + O["cond"](A, -2) + O["matrix_rank"](A, atol=0.1) + O["svdvals"](A).sum(-1)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert calls["engine"] == 0
+
+
 def test_out_and_grad_error_as_torch(rng):
     A = tensor(rng.standard_normal((3, 3))).requires_grad_()
     for name, args in (("svdvals", ()), ("matrix_norm", (2,)), ("cond", ()), ("matrix_rank", ())):

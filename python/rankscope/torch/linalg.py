@@ -71,6 +71,8 @@ def _cuda():
 
 def _engine_ok(A: Any) -> bool:
     """Whether the engine computes A exactly as torch would (see the module docstring)."""
+    if torch.compiler.is_compiling():  # first: Dynamo traces torch's op, and none of the checks below
+        return False
     if type(A) is not torch.Tensor and type(A) is not torch.nn.Parameter:
         return False
     if A.dtype not in _ENGINE_DTYPES or A.layout is not torch.strided or A.is_nested:
@@ -89,7 +91,7 @@ def _engine_ok(A: Any) -> bool:
         return False
     if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
         return False
-    return not (torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(A))
+    return not torch._C._functorch.is_functorch_wrapped_tensor(A)
 
 
 def _out_ok(out: Any, A: torch.Tensor, dtype: torch.dtype) -> bool:
