@@ -20,8 +20,9 @@ Accuracy on the engine. float64 inputs take the exact route (LAPACK dgesdd in fl
 algorithm). float32 inputs take the float64 Gram route: each singular value carries an absolute
 error of about eps64·s₁²/(2s) ≤ ~1.5e-8·s₁, below float32's own resolution eps32·s₁ ≈ 1.2e-7·s₁ and
 far below numpy's float32 rank tolerance max(m, n)·eps32·s₁. Where the smallest singular value
-itself is the result (``cond``, ``norm(ord=-2)``), matrices of float32 whose s_k < 1e-3·s₁ are
-recomputed on the exact route, so those results keep float32 relative accuracy as numpy's do.
+itself is the result (``cond``, ``norm(ord=-2)``), float32 matrices whose s_k is below
+2·sqrt((k + √L)·eps64/eps32)·s₁ (k = min(m, n), L = max(m, n); 5e-4·s₁ at 32 × 32) are recomputed
+on the exact route, so those results keep float32 relative accuracy as numpy's do.
 Single float64 matrices with min(m, n) > 16 go to numpy: there both run the same LAPACK routine on
 one matrix (measured equal speed), and numpy's own result is then bit for bit numpy's. float16
 inputs go to numpy, which raises TypeError for them as it always has.
@@ -73,10 +74,13 @@ _ORD_TYPES = (int, float, str)
 # Single float64 matrices larger than this go to numpy (same dgesdd on one matrix: equal speed
 # measured from k = 32 up, engine ~1 µs faster below; benchmarks/bench_dropin.py).
 _SINGLE_F64_MAX_K = 16
-# float32 matrices with s_k < _REFINE_BELOW · s_1 are recomputed on the exact route where s_k itself
-# is the result: the Gram route's relative error at s_k, about eps64·(s_1/s_k)²/2 (times k at worst),
-# is then below float32's rounding eps32/2 for every k ≤ 1000.
-_REFINE_BELOW = 1e-3
+# Where s_k itself is the result, float32 matrices with s_k < _refine_below(k, L)·s_1 are recomputed on
+# the exact route. The Gram route's error bound |δ(s²)| ≤ 2(k + √L)·eps64·s_1² (conftest.sv_tolerance;
+# measured ≤ 0.3(k + √L)·eps64·s_1²) is a relative error (k + √L)·eps64·(s_1/s_k)² at s_k, which this
+# threshold keeps below eps32/4, under the float32 rounding of the result.
+def _refine_below(k: int, L: int) -> float:
+    return 2.0 * ((k + L**0.5) * _EPS[_F64] / _EPS[_F32]) ** 0.5
+
 
 
 def _values(a, small_end: bool = False):
@@ -110,7 +114,7 @@ def _values(a, small_end: bool = False):
         return None  # NaN/Inf input or no convergence: numpy decides what that gives
     if refine:
         flat = out.reshape(-1, k)
-        bad = np.flatnonzero(~(flat[:, -1] >= _REFINE_BELOW * flat[:, 0]))
+        bad = np.flatnonzero(~(flat[:, -1] >= _refine_below(k, m + n - k) * flat[:, 0]))
         if bad.size:
             batch = shape[:-2]
             sub = a[np.unravel_index(bad, batch)] if batch else a
@@ -257,7 +261,8 @@ def cond(x, p=None):
 
     ``p`` None or 2 gives s₁/s_k, -2 gives s_k/s₁ (inf for singular matrices: numpy's NaN-to-inf
     convention), from the engine's singular values for float32/float64 ndarrays; float32 matrices
-    with s_k < 1e-3·s₁ are recomputed on the exact route so s_k keeps its relative accuracy.
+    with a small s_k against s₁ (see the module docstring) are recomputed on the exact route, so that
+    s_k keeps its relative accuracy.
     The other norms (``p`` 1, -1, inf, -inf, "fro") and other inputs are numpy's.
     """
     if type(x) is not _ndarray or not (p is None or (type(p) in (int, float) and (p == 2 or p == -2))):
