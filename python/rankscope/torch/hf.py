@@ -5,10 +5,9 @@ Needs ``transformers`` (and ``accelerate``, which its Trainer needs): ``pip inst
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from .monitor import MonitorRecord, SpectralMonitor
+from .monitor import MonitorRecord, SpectralMonitor, monitor_with_writer
 
 try:
     from transformers import TrainerCallback
@@ -41,12 +40,8 @@ class SpectralMonitorCallback(TrainerCallback):
         if self.monitor is None:
             if model is None:
                 raise ValueError("the Trainer passed no model to the callback")
-            kw = dict(self.monitor_kwargs)
-            logs = kw.pop("log", None)
-            logs = [] if logs is None else (list(logs) if isinstance(logs, (list, tuple)) else [logs])
-            if self.log_history:
-                logs.append(self._to_history)
-            self.monitor = SpectralMonitor(model, log=logs, **kw)
+            self.monitor = monitor_with_writer(model, self.monitor_kwargs,
+                                               self._to_history if self.log_history else None)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.monitor.step(step=int(state.global_step))
@@ -56,7 +51,5 @@ class SpectralMonitorCallback(TrainerCallback):
             self.monitor.flush()
 
     def _to_history(self, record: MonitorRecord) -> None:
-        entry = {f"{self.prefix}/{metric}/{layer}": v for layer, vs in record.values.items()
-                 for metric, v in vs.items() if v is not None and math.isfinite(v)}
         if self._state is not None:
-            self._state.log_history.append({**entry, "step": record.step})
+            self._state.log_history.append({**record.scalars(self.prefix), "step": record.step})

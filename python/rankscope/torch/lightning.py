@@ -5,10 +5,9 @@ Needs ``lightning`` (or the older ``pytorch_lightning``): ``pip install "ranksco
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from .monitor import MonitorRecord, SpectralMonitor
+from .monitor import MonitorRecord, SpectralMonitor, monitor_with_writer
 
 try:
     from lightning.pytorch import Callback
@@ -45,12 +44,8 @@ class SpectralMonitorCallback(Callback):
         if stage != "fit" or self.monitor is not None:
             return
         self._trainer = trainer
-        kw = dict(self.monitor_kwargs)
-        logs = kw.pop("log", None)
-        logs = [] if logs is None else (list(logs) if isinstance(logs, (list, tuple)) else [logs])
-        if self.log_to_logger:
-            logs.append(self._to_loggers)
-        self.monitor = SpectralMonitor(pl_module, log=logs, **kw)
+        self.monitor = monitor_with_writer(pl_module, self.monitor_kwargs,
+                                           self._to_loggers if self.log_to_logger else None)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._seen = int(trainer.global_step)  # a resumed fit starts at its checkpoint's step
@@ -69,7 +64,6 @@ class SpectralMonitorCallback(Callback):
             self.monitor.flush()
 
     def _to_loggers(self, record: MonitorRecord) -> None:
-        metrics = {f"{self.prefix}/{metric}/{layer}": v for layer, vs in record.values.items()
-                   for metric, v in vs.items() if v is not None and math.isfinite(v)}
+        metrics = record.scalars(self.prefix)
         for lg in getattr(self._trainer, "loggers", []) or []:
             lg.log_metrics(metrics, step=record.step)

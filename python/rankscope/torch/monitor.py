@@ -93,6 +93,11 @@ class MonitorRecord:
     spectra: dict[str, np.ndarray] = field(repr=False)
     seconds: float = 0.0  # host time the measurement took inside step() (queueing only on CUDA)
 
+    def scalars(self, prefix: str = "spectral") -> dict[str, float]:
+        """The finite values as ``{f"{prefix}/{metric}/{layer}": value}`` (what loggers take)."""
+        return {f"{prefix}/{metric}/{layer}": v for layer, vs in self.values.items() for metric, v in vs.items()
+                if v is not None and math.isfinite(v)}
+
 
 @dataclass
 class _Pending:
@@ -626,6 +631,16 @@ class SpectralMonitor:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+
+def monitor_with_writer(model: torch.nn.Module, monitor_kwargs: dict, writer: Callable | None) -> SpectralMonitor:
+    """A SpectralMonitor of `model` built from a callback's keyword arguments, with `writer` added to
+    any `log=` they name (the framework callbacks' logging)."""
+    kw = dict(monitor_kwargs)
+    logs = _as_list(kw.pop("log", None))
+    if writer is not None:
+        logs.append(writer)
+    return SpectralMonitor(model, log=logs, **kw)
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
