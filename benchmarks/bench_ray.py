@@ -35,16 +35,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 #: name → (Ray workers, engine threads per worker); None: the plain scan in this process.
 CASES = {
     "plain": None,
+    "plain-per-model": "per-model",
     "ray-1x1": (1, 1),
     "ray-2x1": (2, 1),
     "ray-1x2": (1, 2),
     "ray-cold": "cold",
 }
 
-#: Written before measuring anything on Ray, as time relative to the plain scan (2 cores), and why.
+#: Written before measuring anything on Ray, as time relative to the plain scan (2 cores), and why;
+#: "plain-per-model" was added after the first runs, predicted from a probe of one model (0.09 s
+#: alone against 0.05 s per model in the 40-model scan).
 #: (The absolute guess, 0.39 s per model, came from a probe taken while other jobs loaded the
 #: machine; idle it is ~0.06 s, so the fixed costs per task weigh more than guessed.)
 PREDICTED = {
+    "plain-per-model": (1.8, "each call scans one model: no engine batches across models, a report per model"),
     "ray-1x1": (1.7, "one core: the engine's ~60 % of the time runs on one thread instead of two"),
     "ray-2x1": (0.9, "two models at once on one thread each: the serial part (fits, report) parallelises too"),
     "ray-1x2": (1.06, "the plain scan plus ~25 ms per task (submit, per-model report, merge)"),
@@ -108,6 +112,18 @@ def run_case(name: str, zoo: str, warm: list[str], repeat: int) -> dict:
         rs.scan(warm, progress=False)
         median, times, report = _timed(lambda: rs.scan(zoo, progress=False), repeat)
         return {"seconds": median, "runs": times, "threads": rs.get_num_threads(), "report": report}
+    if spec == "per-model":  # what each Ray task does, one after another in this process
+        from rankscope.scan import ScanReport
+        from rankscope.scan.report import merge
+
+        paths = sorted(os.path.join(zoo, f) for f in os.listdir(zoo))
+
+        def one_by_one():
+            return ScanReport(merge(rs.scan(p, progress=False).layers for p in paths))
+
+        rs.scan(warm, progress=False)
+        median, times, report = _timed(one_by_one, repeat)
+        return {"seconds": median, "runs": times, "threads": rs.get_num_threads(), "report": report}
     import ray
 
     if spec == "cold":
@@ -170,8 +186,11 @@ def main(argv=None) -> int:
             results["cases"][name] = r
             print(json.dumps({"case": name, **r}), flush=True)
     c = results["cases"]
-    if "ray-1x2" in c:  # the same cores as the plain scan: what Ray adds per model
+    if "ray-1x2" in c:  # the same cores as the plain scan: what scanning model by model on Ray adds
         c["ray-1x2"]["overhead_per_model_s"] = (c["ray-1x2"]["seconds"] - c["plain"]["seconds"]) / args.models
+        if "plain-per-model" in c:  # ... and of that, what Ray itself adds
+            c["ray-1x2"]["ray_overhead_per_model_s"] = (c["ray-1x2"]["seconds"]
+                                                         - c["plain-per-model"]["seconds"]) / args.models
     if "ray-cold" in c and "ray-2x1" in c:  # starting and stopping a local instance
         c["ray-cold"]["startup_s"] = c["ray-cold"]["seconds"] - c["ray-2x1"]["seconds"]
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"ray-{args.machine}-{date}.json")
