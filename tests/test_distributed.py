@@ -24,7 +24,8 @@ from rankscope.scan.examples import EXAMPLE_COLLAPSED, example_model
 from safetensors.numpy import save_file
 
 #: Columns that may differ between two runs on the same files. None: a row holds no timings, and
-#: the spectra of a model do not depend on which other models share its engine calls.
+#: the spectra of a model do not depend on which other models share its engine calls. (With
+#: randomize=True the shuffled-ESD columns do: test_randomized_columns_are_those_of_each_model_alone.)
 RUN_DEPENDENT: tuple[str, ...] = ()
 
 
@@ -228,6 +229,25 @@ def test_rows_equal_the_single_machine_scan(ray_local, zoo, tmp_path, monkeypatc
     opts = {"progress": False, "rank_policy": "ww", "mp_fit": True, "min_dim": 30, "split_qkv": True}
     assert_same_report(rs.scan(items, ray=True, **opts), rs.scan(items, **opts))
     assert_same_report(rs.scan(str(root), name="zoo", ray=True, **opts), rs.scan(str(root), name="zoo", **opts))
+
+
+def test_randomized_columns_are_those_of_each_model_alone(ray_local, zoo):
+    """randomize=True draws shuffles from one generator per scan call: in one process a model's draws
+    depend on the models sharing its window, on Ray each task seeds its own. Every other column is
+    equal; the shuffled-ESD columns equal those of scanning each file alone with the same seed."""
+    from rankscope.scan.report import RANDOM_COLUMNS, merge
+
+    root = zoo["root"]
+    items = [str(root / "m0.safetensors"), str(root / "m1.safetensors")]
+    kw = {"randomize": True, "seed": 3, "progress": False}
+    got = rs.scan(items, ray=True, **kw)
+    alone = rs.scan.ScanReport(merge(rs.scan(p, **kw).layers for p in items))
+    pd.testing.assert_frame_equal(got.layers, alone.layers, check_exact=True)
+    together = rs.scan(items, **kw).layers
+    drawn = [c for c in together.columns if c in RANDOM_COLUMNS]
+    assert "rand_distance" in drawn
+    pd.testing.assert_frame_equal(got.layers.drop(columns=drawn), together.drop(columns=drawn), check_exact=True)
+    assert not got.layers["rand_distance"].equals(together["rand_distance"])  # else this test shows nothing
 
 
 def test_delta_scan_on_ray(ray_local, zoo):

@@ -106,7 +106,8 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
         stored weights (default 1e-6: above it the Gram route's relative error is below 1e-4).
     ray : True or str, optional
         Scan on Ray (``pip install "rankscope[ray]"``), one task per model, each running this scan on
-        its one path; the report is the same, rows and order. True: Ray's default connection (the
+        its one path; the report is the same, rows and order (with `randomize`, the shuffled-ESD
+        columns are those of scanning each model alone with `seed`). True: Ray's default connection (the
         ``RAY_ADDRESS`` cluster, else one started with ``ray start`` on this machine, else a new local
         instance, stopped at the end); or an address: "auto", "host:port", "ray://host:port". A Ray
         connection already made with ``ray.init`` is used as it is (ray=True). Sources must be paths
