@@ -7,8 +7,9 @@ Cases (CPU here; the GPU rows when torch sees one):
   embeddings left out of the spectra, as the loop leaves them out), batch 8 × 128 tokens.
 
 For each: the time of one training step (forward, backward, SGD), of one monitor measurement
-(alpha by the median Hill estimate, stable rank, rank loss, log10 s_min, effective rank, log norms;
-precision float64, and float32 with the large-end metrics only), and of the same per-layer alpha and
+(the default metrics: alpha by the median Hill estimate, stable rank, rank loss, log10 s_min,
+effective rank, log norms, float64; and alpha + stable rank alone in float64 and with
+precision="auto", which takes float32 Gram eigenvalues for them), and of the same per-layer alpha and
 stable rank from the loop TempBalance, Model Balancing and AlphaDecay run (``torch.linalg.svdvals``
 per matrix, then the Hill estimate). Overhead per step = measurement / every / step time, at
 every = 1 and every = 100. Also: the float64 Gram products alone (the floor of the float64 route),
@@ -33,7 +34,7 @@ import rankscope
 from rankscope.torch import SpectralMonitor
 
 WEIGHT = ["alpha", "stable_rank", "rank_loss", "log10_sv_min", "effective_rank", "log_norm", "log_spectral_norm"]
-LARGE_END = ["alpha", "stable_rank", "effective_rank", "log_norm", "log_spectral_norm"]
+LOOP = ["alpha", "stable_rank"]  # what the TempBalance-style loop computes
 
 
 def cnn() -> torch.nn.Module:
@@ -93,9 +94,10 @@ def case(name: str, model: torch.nn.Module, batch, loss_fn, layers: str | None, 
         opt.step()
         sync()
 
-    mon64 = SpectralMonitor(model, layers=layers, metrics=WEIGHT, on_event=lambda e: None)
-    mon32 = SpectralMonitor(model, layers=layers, metrics=LARGE_END, precision="float32", on_event=lambda e: None)
-    monA = SpectralMonitor(model, layers=layers, metrics=["alpha", "stable_rank"], on_event=lambda e: None)
+    mon64 = SpectralMonitor(model, layers=layers, metrics=WEIGHT, on_event=lambda e: None)  # float64 (rank loss...)
+    monA = SpectralMonitor(model, layers=layers, metrics=LOOP, precision="float64", on_event=lambda e: None)
+    mon32 = SpectralMonitor(model, layers=layers, metrics=LOOP, on_event=lambda e: None)  # auto: float32 Gram
+    assert mon32.precision == "float32"
 
     def measure(mon):
         def f():
@@ -107,8 +109,8 @@ def case(name: str, model: torch.nn.Module, batch, loss_fn, layers: str | None, 
     shapes = sorted({tuple(m.shape) for m in mats})
     t_step = best(train_step, reps)
     t64 = best(measure(mon64), reps)
-    t32 = best(measure(mon32), reps)
     tA = best(measure(monA), reps)
+    t32 = best(measure(mon32), reps)
     t_loop = best(lambda: (tempbalance_loop(mats), sync()), reps)
 
     host = [m.detach().double().cpu().numpy() for m in mats]
@@ -120,7 +122,7 @@ def case(name: str, model: torch.nn.Module, batch, loss_fn, layers: str | None, 
     t_gram = best(grams, reps) if device == "cpu" else math.nan
     gram_flops = sum(max(a.shape) * min(a.shape) ** 2 for a in host)
     # float32 vs float64 alpha, in units of the fit's own standard error
-    v64, v32 = mon64.latest, mon32.latest
+    v64, v32 = monA.latest, mon32.latest
     dev = []
     for layer, v in v64.items():
         a64, a32 = v["alpha"], v32[layer]["alpha"]
@@ -130,12 +132,14 @@ def case(name: str, model: torch.nn.Module, batch, loss_fn, layers: str | None, 
         dev.append(abs(a32 - a64) / sigma)
     row = {
         "case": name, "device": device, "matrices": len(mats), "shapes": [list(s) for s in shapes],
-        "train_step_s": t_step, "monitor_float64_s": t64, "monitor_float32_large_end_s": t32,
-        "monitor_alpha_stable_rank_s": tA, "tempbalance_loop_s": t_loop,
-        "speedup_vs_loop_float64": t_loop / t64, "speedup_vs_loop_float32": t_loop / t32,
-        "overhead_every1_float64": t64 / t_step, "overhead_every100_float64": t64 / 100 / t_step,
+        "train_step_s": t_step, "monitor_default_metrics_s": t64, "monitor_loop_metrics_float64_s": tA,
+        "monitor_loop_metrics_auto_float32_s": t32, "tempbalance_loop_s": t_loop,
+        "speedup_vs_loop_default_metrics": t_loop / t64, "speedup_vs_loop_float64": t_loop / tA,
+        "speedup_vs_loop_auto_float32": t_loop / t32,
+        "overhead_every1_default": t64 / t_step, "overhead_every100_default": t64 / 100 / t_step,
+        "overhead_every1_loop_metrics_auto": t32 / t_step, "overhead_every100_loop_metrics_auto": t32 / 100 / t_step,
         "gram_float64_s": t_gram, "gram_float64_gflop": gram_flops / 1e9,
-        "gram_share_of_monitor": t_gram / t64 if device == "cpu" else math.nan,
+        "gram_share_of_float64_monitor": t_gram / tA if device == "cpu" else math.nan,
         "alpha_float32_max_dev_in_fit_sigmas": max(dev), "alpha_float32_median_dev_in_fit_sigmas": float(np.median(dev)),
     }
     print(json.dumps(row, indent=1))
