@@ -10,6 +10,8 @@ Typical use, every N steps::
     if monitor.step():                       # measured this step
         alpha = {k: v["alpha"] for k, v in monitor.latest.items()}
         rankscope.torch.apply_multipliers(opt, rankscope.torch.tempbalance_multipliers(alpha))
+
+With an LR schedule, see :func:`apply_multipliers` and ``examples/tempbalance_schedule.py``.
 """
 
 from __future__ import annotations
@@ -94,9 +96,12 @@ def apply_multipliers(optimizer: torch.optim.Optimizer, multipliers: Mapping[str
     layer (see :func:`layer_param_groups`); returns how many groups changed.
 
     `base` defaults to each group's own value of `key` when this function first saw it (kept in
-    ``group["base_" + key]``). With an LR scheduler that rewrites ``group["lr"]`` itself, call this
-    after ``scheduler.step()`` with ``base=scheduler.get_last_lr()[0]`` (TempBalance's way: the
-    schedule sets the global lr, the map spreads it over layers).
+    ``group["base_" + key]``). With an LR schedule, pass the scheduled rate as `base` after each
+    ``scheduler.step()`` (TempBalance's way: the schedule sets the global rate, the map spreads it
+    over layers). ``LambdaLR`` (and other schedulers that set each group's rate from its initial
+    one) can be read back with ``base=scheduler.get_last_lr()[0]``; chainable schedulers
+    (CosineAnnealingLR, StepLR, ...) multiply each group's current rate and would compound the
+    multipliers, so compute the scheduled rate yourself with those.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
