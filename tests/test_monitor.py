@@ -113,6 +113,7 @@ def test_every_and_explicit_steps(net):
     got = [s for s in (0, 5, 9, 10, 19, 25, 26, 40) if mon2.step(step=s)]
     assert got == [0, 10, 25, 40]  # at least `every` steps since the last measurement
     assert mon2.records == 4
+    assert [mon2.step(step=s) for s in (3, 5, 13)] == [True, False, True]  # a restart from step 3
 
 
 def test_measures_the_parameters_in_place(net):
@@ -349,6 +350,24 @@ def test_auto_precision_and_the_float32_fallback(net):
     assert a == pytest.approx(float(rep.loc["fc2.weight", "alpha"]), rel=1e-9)
     s = np.linalg.svd(net.fc2.weight.detach().double().numpy(), compute_uv=False)
     assert a == pytest.approx(_hill_median(s), rel=1e-6)  # the stored weights' float64 SVD
+
+
+def test_non_finite_weights_in_float32(net):
+    events: list[MonitorEvent] = []
+    mon = SpectralMonitor(net, layers="fc", metrics=["alpha", "stable_rank"], on_event=events.append)
+    assert mon.precision == "float32"
+    with torch.no_grad():
+        net.fc3.weight[0, 0] = float("inf")
+    mon.step()
+    assert math.isnan(mon.latest["fc3.weight"]["alpha"]) and math.isfinite(mon.latest["fc2.weight"]["alpha"])
+    assert [(e.layer, e.kind) for e in events] == [("fc3.weight", "non_finite")]
+
+
+def test_cuda_device_without_a_gpu(net):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        SpectralMonitor(net, device="cuda")
 
 
 def test_table_writers(net, tmp_path):

@@ -285,6 +285,8 @@ class SpectralMonitor:
         self.num_classes = num_classes
         self.precision = precision
         self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}, but torch sees no CUDA GPU")
         self.on_event = on_event
         self.alpha_range = (float(lo), float(hi))
         self.rank_loss_rise = float(rank_loss_rise)
@@ -316,11 +318,13 @@ class SpectralMonitor:
 
     def step(self, batch: Any = None, *, step: int | None = None) -> bool:
         """Counts one optimizer step (or sets the count to `step`, e.g. a trainer's global step) and
-        measures when due: at the first call, then every `every` steps. `batch`: what the activation
+        measures when due: at the first call, then every `every` steps (and at once when `step` went
+        below the last measured step: a restarted run). `batch`: what the activation
         diagnostics run on this time (default `probe`). Returns whether it measured. Also hands on
         the finished measurements that were pending (CUDA) without waiting for the others."""
         self.steps = self.steps + 1 if step is None else int(step)
-        due = self._last is None or self.steps - self._last >= self.every
+        # a step below the last measured one is a new run (or a resumed one): measure again
+        due = self._last is None or self.steps < self._last or self.steps - self._last >= self.every
         if due:
             self.measure(batch, step=self.steps)
         self.poll()
@@ -695,10 +699,14 @@ def _gram(a: torch.Tensor) -> torch.Tensor:
 
 
 def _float32_spectra_torch(batch: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending, float64) of a (b, m, n) batch from float32 Gram eigenvalues."""
-    g = _gram(batch.float())
-    ev = torch.linalg.eigvalsh(g).clamp_min_(0).flip(-1)
-    return ev.double().sqrt_()
+    """Singular values (descending, float64) of a (b, m, n) batch from float32 Gram eigenvalues;
+    matrices holding NaN/Inf get NaN values (as the engine gives them with check_finite=False)."""
+    a = batch.float()
+    finite = torch.isfinite(a).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        a = torch.where(finite[:, None, None], a, torch.zeros((), dtype=a.dtype, device=a.device))
+    ev = torch.linalg.eigvalsh(_gram(a)).clamp_min_(0).flip(-1).double().sqrt_()
+    return torch.where(finite[:, None], ev, torch.full((), math.nan, dtype=ev.dtype, device=ev.device))
 
 
 def _float32_spectra(mats: Iterable[torch.Tensor]) -> list[np.ndarray]:
