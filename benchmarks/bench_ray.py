@@ -31,6 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_scan import _machine  # the machine line every scan benchmark writes
 
 #: name → (Ray workers, engine threads per worker); None: the plain scan in this process.
 CASES = {
@@ -56,17 +57,7 @@ PREDICTED = {
 }
 
 
-def _machine() -> str:
-    cpu = "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
 
 
 def make_zoo(folder: str, models: int, shapes: str) -> list[str]:

@@ -16,7 +16,7 @@ import time
 import types
 from typing import Any
 
-from .report import ScanReport, file_key, layer_frame, merge, resume_keys
+from .report import ScanReport, file_key, layer_frame, merge, previous_report
 from .runner import ScanOptions, run
 from .sources import ModelSource, SourceError, TensorInfo, open_sources
 
@@ -152,11 +152,7 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
                            progress=progress, name=name, max_retries=max_retries, num_cpus=num_cpus,
                            num_gpus=num_gpus)
     t0 = time.perf_counter()
-    previous = layer_frame([])
-    done: set = set()
-    if out is not None and resume and os.path.exists(out):
-        previous = ScanReport.read(out).layers
-        done = resume_keys(previous)
+    previous, done = previous_report(out, resume)
     base_tensors = _base_tensors(base) if base is not None else None
 
     frames: list = []

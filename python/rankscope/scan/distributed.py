@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from .report import ScanReport, file_key, layer_frame, merge, resume_keys
+from .report import ScanReport, file_key, layer_frame, merge, previous_report
 from .runner import ScanOptions, _error_row
 from .sources import SourceError, optional_import
 
@@ -170,11 +170,7 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    previous = layer_frame([])
-    done: set = set()
-    if out is not None and resume and os.path.exists(out):
-        previous = ScanReport.read(out).layers
-        done = resume_keys(previous)
+    previous, done = previous_report(out, resume)
 
     started = _connect(ray_mod, address)
     jobs: dict = {}  # ObjectRef -> (index, model record)

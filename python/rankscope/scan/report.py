@@ -212,6 +212,15 @@ def resume_keys(layers: pd.DataFrame) -> set[tuple[str, int, float]]:
     return keys
 
 
+def previous_report(out: str | None, resume: bool) -> tuple[pd.DataFrame, set]:
+    """The layer rows of the report a resumed scan extends, and the (path, size, mtime) keys of the
+    files it already holds (an empty table and set when there is none or `resume` is off)."""
+    if out is not None and resume and os.path.exists(out):
+        previous = ScanReport.read(out).layers
+        return previous, resume_keys(previous)
+    return layer_frame([]), set()
+
+
 def file_key(path: str | None, size: int | None, mtime: float | None) -> tuple[str, int, float] | None:
     if path is None or size is None or mtime is None:
         return None
