@@ -150,6 +150,23 @@ def test_tied_weights_once():
     assert list(mon.latest) == ["a.weight"]
 
 
+def test_split_qkv_as_the_scanner():
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4)
+    fused = SpectralMonitor(mha, metrics=["sv_max"], precision="float64")
+    split = SpectralMonitor(mha, metrics=["sv_max"], precision="float64", split_qkv=True)
+    fused.step()
+    split.step()
+    assert "in_proj_weight" in fused.latest and "in_proj_weight" not in split.latest
+    rows = rankscope.scan(mha, split_qkv=True, progress=False).layers.set_index("name")
+    qkv = [n for n in split.latest if n != "out_proj.weight"]
+    assert len(qkv) == 3
+    W = mha.in_proj_weight.detach().double().numpy()
+    for i, name in enumerate(qkv):  # the q, k, v blocks in order
+        assert split.latest[name]["sv_max"] == pytest.approx(float(rows.loc[name, "sv_max"]), rel=1e-12)
+        assert split.latest[name]["sv_max"] == pytest.approx(np.linalg.norm(W[32 * i:32 * (i + 1)], 2), rel=1e-12)
+
+
 def test_history_and_pivot(net):
     mon = SpectralMonitor(net, metrics=["alpha", "rank_loss"])
     for _ in range(3):

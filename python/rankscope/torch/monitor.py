@@ -173,6 +173,9 @@ class SpectralMonitor:
         Conv2d as pooled slices (default) or one out × in·kh·kw matrix.
     min_dim : int, optional
         Skip matrices whose smaller side is below this (default: none skipped, as the scanner).
+    split_qkv : bool
+        Measure fused query/key/value weights (nn.MultiheadAttention's in_proj_weight, GPT-2's
+        c_attn, ...) as three layers, as ``rankscope.scan(split_qkv=True)``.
     precision : "auto", "float64" or "float32"
         "float64": the engine's float64 route, matrices whose s_min falls below 1e-6·s₁ recomputed
         by the exact route, as the scanner does. "float32": eigenvalues of float32 Gram matrices
@@ -237,7 +240,8 @@ class SpectralMonitor:
     def __init__(self, model: torch.nn.Module, *, every: int = 1, weights: bool = True,
                  layers: str | Sequence[str] | None = None, activations: str | Sequence[str] | bool | None = None,
                  probe: Any = None, num_classes: int | None = None, metrics: Sequence[str] | None = None,
-                 estimator: str = "median", conv: str = "slices", min_dim: int | None = None, precision: str = "auto",
+                 estimator: str = "median", conv: str = "slices", min_dim: int | None = None,
+                 split_qkv: bool = False, precision: str = "auto",
                  device: Any = None, log: Any = None, on_event: Callable[[MonitorEvent], None] | None = None,
                  alpha_range: tuple[float, float] = (2.0, 6.0), rank_loss_rise: float = 0.01,
                  rankme_drop: float = 0.5, warmup: int = 0, min_evals: int = 50, tokens: str = "mean",
@@ -293,8 +297,8 @@ class SpectralMonitor:
         self.rankme_drop = float(rankme_drop)
         self.warmup, self.min_evals = int(warmup), int(min_evals)
         self.tokens, self.spatial, self.forward = tokens, spatial, forward
-        self._opts = ScanOptions(conv=conv, layers=layers, min_dim=min_dim, estimator=estimator, keep_evals=False,
-                                 alpha_range=self.alpha_range)
+        self._opts = ScanOptions(conv=conv, layers=layers, min_dim=min_dim, split_qkv=bool(split_qkv),
+                                 estimator=estimator, keep_evals=False, alpha_range=self.alpha_range)
         self._opts.validate()
         # always the scanner's refinement: alpha's fit of a collapsing layer reads its small end too
         self._refine_rtol = self._opts.refine_rtol
