@@ -707,8 +707,8 @@ def _float32_spectra_torch(batch: torch.Tensor) -> torch.Tensor:
     matrices holding NaN/Inf get NaN values (as the engine gives them with check_finite=False)."""
     a = batch.float()
     finite = torch.isfinite(a).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        a = torch.where(finite[:, None, None], a, torch.zeros((), dtype=a.dtype, device=a.device))
+    # no branch on `finite`: reading it would make the host wait for the GPU (the side stream)
+    a = torch.where(finite[:, None, None], a, torch.zeros((), dtype=a.dtype, device=a.device))
     ev = torch.linalg.eigvalsh(_gram(a)).clamp_min_(0).flip(-1).double().sqrt_()
     return torch.where(finite[:, None], ev, torch.full((), math.nan, dtype=ev.dtype, device=ev.device))
 
