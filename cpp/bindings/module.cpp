@@ -12,6 +12,7 @@
 #include "bindings/common.h"
 #include "bindings/dlpack.h"
 #include "core/gather.h"
+#include "core/shuffle.h"
 #include "core/thread_pool.h"
 #include "kernels/compact.h"
 #include "kernels/tiny_gram.h"
@@ -502,6 +503,23 @@ void barlow_backward_batch(py::handle z1, py::handle z2, double eps, py::handle 
 
 }  // namespace
 
+// An element-shuffled copy of a C-contiguous array (the randomised ESD), same dtype and shape.
+static py::array shuffled(const py::array& a, uint64_t seed) {
+  if (!(a.flags() & py::array::c_style)) throw InvalidArgument("shuffled: the array must be C-contiguous");
+  const int size = static_cast<int>(a.itemsize());
+  if (size != 1 && size != 2 && size != 4 && size != 8)
+    throw InvalidArgument(detail::concat("shuffled: elements of ", size, " bytes"));
+  py::array out(a.dtype(), std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+  const void* src = a.data();
+  void* dst = out.mutable_data();
+  const int64_t n = static_cast<int64_t>(a.size());
+  {
+    py::gil_scoped_release nogil;
+    shuffled_copy(src, dst, n, size, seed);
+  }
+  return out;
+}
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rankscope's compiled CPU engine (LAPACK from scipy-openblas32). Use the rankscope package.";
 
@@ -515,6 +533,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("spectrum_metrics", &spectrum_metrics, py::arg("s"), py::arg("tol"), py::arg("out"), py::arg("tau"), py::arg("rankme_eps"), py::arg("erank_on_s2"),
         py::arg("weak_threshold"), py::arg("sort"),
         "Every metric of each spectrum into out (rows, len(metric_names())).");
+  m.def("shuffled", &shuffled, py::arg("a"), py::arg("seed"),
+        "A uniformly random permutation of a C-contiguous array's elements (Fisher-Yates, xoshiro256**), "
+        "as a new array of the same dtype and shape; deterministic for a seed.");
   m.def("metric_names", [] {
     return std::vector<std::string>(metrics::kColumnNames, metrics::kColumnNames + metrics::kNumColumns);
   });

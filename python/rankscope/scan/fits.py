@@ -763,12 +763,20 @@ def shuffled(W: Any, rng: np.random.Generator | np.random.RandomState | int | No
 
     The flattened (C-order) entries of `W` are permuted and reshaped to ``W.shape``; `W` is not
     modified. With a ``np.random.RandomState`` seeded as WW's global state, the permutation is the
-    one WW's ``np.random.shuffle`` draws.
+    one WW's ``np.random.shuffle`` draws. With a ``np.random.Generator`` (or a seed), one 63-bit
+    draw of it seeds the core's Fisher–Yates shuffle (uniform like numpy's, ~5× faster: numpy's
+    permutation costs ~13 ns per element even in cache), so a seed still fixes the result.
     """
     a = np.asarray(W)
-    if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
+    if isinstance(rng, np.random.RandomState):
+        return rng.permutation(a.reshape(-1)).reshape(a.shape)
+    if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    return rng.permutation(a.reshape(-1)).reshape(a.shape)
+    if a.dtype.itemsize not in (1, 2, 4, 8) or a.dtype.hasobject:
+        return rng.permutation(a.reshape(-1)).reshape(a.shape)
+    from .._backend import _core
+
+    return _core.shuffled(np.ascontiguousarray(a), int(rng.integers(0, 2**63)))
 
 
 def _jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
