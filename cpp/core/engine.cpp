@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "core/blas_tasks.h"
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "kernels/compact.h"
 #include "lapack/lapack.h"
@@ -36,8 +37,6 @@ constexpr int64_t kTwoStageMinK = 1024;
 // Largest panel of a matrix copied to float64 at once on the LAPACK Gram route (32 MB; a panel is
 // at least k rows, so that dsyrk stays Level-3 efficient).
 constexpr int64_t kGramPanelDoubles = int64_t(1) << 22;
-// Workspaces above this many doubles (32 MB) are returned after each matrix, not kept per thread.
-constexpr size_t kKeepWorkspace = size_t(1) << 22;
 // Bytes of interleaved columns loaded per pass of the compact Gram: a panel that stays in L2
 // (measured: larger panels stream from memory and slow the Gram ~2x). Also bounds the workspace.
 constexpr int64_t kCompactPanelBytes = 512 * 1024;
@@ -50,37 +49,10 @@ Route route_for(DType dtype, int64_t m, int64_t n, Method method) {
   return k >= kTwoStageMinK ? Route::Gram2Stage : Route::Gram;
 }
 
-// 64-byte aligned, growable scratch (the compact kernels want whole cache lines per lane group).
-struct AlignedBuffer {
-  double* p = nullptr;
-  size_t cap = 0;
-  double* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      size_t bytes = ((n * sizeof(double) + 63) / 64) * 64;
-      p = static_cast<double*>(std::aligned_alloc(64, bytes));
-      if (!p) {
-        cap = 0;
-        throw std::bad_alloc();  // MemoryError in Python
-      }
-      cap = n;
-    }
-    return p;
-  }
-  void shrink(size_t keep) {
-    if (cap > keep) {
-      std::free(p);
-      p = nullptr;
-      cap = 0;
-    }
-  }
-  ~AlignedBuffer() { std::free(p); }
-};
-
 struct Workspace {
-  AlignedBuffer a, g, d, e;
+  ScratchBuffer a, g, d, e;
   void shrink() {
-    for (AlignedBuffer* b : {&a, &g, &d, &e}) b->shrink(kKeepWorkspace);
+    for (ScratchBuffer* b : {&a, &g, &d, &e}) b->shrink();
   }
 };
 thread_local Workspace tls;

@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "core/blas_tasks.h"
+#include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "lapack/blas.h"
 #include "lapack/lapack.h"
@@ -37,38 +38,10 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
     default: RS_FAIL(TypeMismatch, "penalty gradients take float32 or float64, got ", dtype_name(dtype)); \
   }
 
-// Working copies above this size are returned after each task, not kept per thread.
-constexpr size_t kKeepBytes = size_t(32) << 20;
-
-// 64-byte aligned, growable, uninitialised scratch.
-struct Buffer {
-  void* p = nullptr;
-  size_t bytes = 0;
-  template <class T>
-  T* get(size_t n) {
-    const size_t need = std::max<size_t>(64, (n * sizeof(T) + 63) / 64 * 64);
-    if (need > bytes) {
-      std::free(p);
-      p = std::aligned_alloc(64, need);
-      bytes = p ? need : 0;
-      if (!p) throw std::bad_alloc();  // MemoryError in Python
-    }
-    return static_cast<T*>(p);
-  }
-  void shrink() {
-    if (bytes > kKeepBytes) {
-      std::free(p);
-      p = nullptr;
-      bytes = 0;
-    }
-  }
-  ~Buffer() { std::free(p); }
-};
-
 struct Scratch {
-  Buffer a1, a2, d1, d2, mat, vec;
+  ScratchBuffer a1, a2, d1, d2, mat, vec;
   void shrink() {
-    for (Buffer* b : {&a1, &a2, &d1, &d2, &mat, &vec}) b->shrink();
+    for (ScratchBuffer* b : {&a1, &a2, &d1, &d2, &mat, &vec}) b->shrink();
   }
 };
 thread_local Scratch tls;
