@@ -13,6 +13,7 @@
 #include "core/scratch.h"
 #include "core/thread_pool.h"
 #include "kernels/compact.h"
+#include "lapack/blas.h"
 #include "lapack/lapack.h"
 #include "rankscope/dispatch.h"
 #include "rankscope/errors.h"
@@ -170,7 +171,7 @@ int8_t run_gram(const MatrixRef& a, const VectorOut& out, bool two_stage) {
       write_nan(out, k);
       return kNonFinite;
     }
-    lapack::syrk_lower_ata(k, r, b, r, g, k, c0 > 0);
+    lapack::syrk<double>('T', k, r, 1.0, b, r, c0 > 0 ? 1.0 : 0.0, g, k);  // G (+)= BᵀB, lower triangle
   }
   double* w = tls.d.get(k);
   if (lapack::syevd_values(k, g, k, w, two_stage) != 0) return run_exact(a, out);

@@ -1,6 +1,6 @@
 #pragma once
 /// \file blas.h
-/// Typed float32/float64 wrappers over the Level-3 BLAS routines the penalties use (scipy-openblas32:
+/// Typed float32/float64 wrappers over the Level-3 BLAS routines the engine and the penalties use (scipy-openblas32:
 /// 32-bit integers, symbols prefixed scipy_). Column-major, as BLAS; callers pass checked ints
 /// (lapack::checked_int). Lower triangles only for symmetric matrices.
 

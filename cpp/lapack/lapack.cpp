@@ -7,9 +7,6 @@
 
 // Fortran LAPACK/BLAS from scipy-openblas32: 32-bit ints; trailing hidden lengths of character args.
 extern "C" {
-void scipy_dsyrk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
-                  const double* a, const int* lda, const double* beta, double* c, const int* ldc,
-                  size_t, size_t);
 void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
                    double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t, size_t);
 void scipy_dsyevd_2stage_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda,
@@ -51,11 +48,6 @@ void check_args(int info, const char* routine) {
   RS_CHECK(info >= 0, LinAlgError, routine, ": argument ", -info, " had an illegal value");
 }
 }  // namespace
-
-void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc, bool accumulate) {
-  const double one = 1.0, beta = accumulate ? 1.0 : 0.0;
-  scipy_dsyrk_("L", "T", &n, &k, &one, a, &lda, &beta, c, &ldc, 1, 1);
-}
 
 int syevd_values(int n, double* a, int lda, double* w, bool two_stage) {
   int info = 0, lwork = -1, liwork = -1, iq = 0;

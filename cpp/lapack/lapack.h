@@ -10,10 +10,6 @@ namespace rankscope::lapack {
 /// Checked narrowing of a size to LAPACK's 32-bit int; throws InvalidArgument naming `what`.
 int checked_int(int64_t v, const char* what);
 
-/// C (n × n, lower triangle) = Aᵀ A, or C += Aᵀ A when `accumulate`, for column-major A (k × n,
-/// leading dimension lda) — BLAS dsyrk.
-void syrk_lower_ata(int n, int k, const double* a, int lda, double* c, int ldc, bool accumulate = false);
-
 /// Eigenvalues (ascending) of the symmetric matrix in the lower triangle of column-major `a`
 /// — dsyevd, or dsyevd_2stage when `two_stage`. Destroys `a`. Returns info.
 int syevd_values(int n, double* a, int lda, double* w, bool two_stage);
