@@ -138,9 +138,9 @@ def _check(bad: Any, batch: tuple, names: tuple[str, ...], check_finite: bool) -
         )
 
 
-def _mean_sq_diff(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """mean((z1 − z2)²) per element (B,) float64; NaN (not inf) where an input holds NaN or Inf."""
-    x, y = _flat(z1), _flat(z2)
+def _mean_sq_diff(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean((x − y)²) per element (B,) float64 of two (B, N, d) float64 branches (see _flat); NaN
+    (not inf) where an input holds NaN or Inf."""
     inv = (x - y).square().mean((-2, -1))
     finite = torch.isfinite(x).all(-1).all(-1) & torch.isfinite(y).all(-1).all(-1)
     return torch.where(finite, inv, torch.full_like(inv, float("nan")))
@@ -154,8 +154,8 @@ def _vicreg_device_forward(zs, gamma, eps, with_cov, side, work):
     n, d = zs[0].shape[-2:]
     n1 = n - 1
     var_t, cov_t, bad, saved = [], [], [], []
-    for z in zs:
-        z64 = _flat(z)
+    flat = [_flat(z) for z in zs]
+    for z64 in flat:
         mean = z64.mean(-2, keepdim=True)
         zc = z64 - mean
         var = zc.square().sum(-2) / n1
@@ -175,7 +175,7 @@ def _vicreg_device_forward(zs, gamma, eps, with_cov, side, work):
             cov_t.append(off.clamp_min(0) / (n1 * n1 * d))
         saved.append((mean, var, mat))
     bad = torch.stack(bad, 1)
-    inv = _mean_sq_diff(zs[0], zs[1]) if len(zs) == 2 else None
+    inv = _mean_sq_diff(flat[0], flat[1]) if len(zs) == 2 else None
     return inv, torch.stack(var_t, 1), torch.stack(cov_t, 1), bad, saved
 
 
@@ -183,9 +183,10 @@ def _vicreg_device_backward(zs, gamma, eps, side, work, saved, g_inv, g_var, g_c
     n, d = zs[0].shape[-2:]
     n1 = n - 1
     grads = []
+    flat = [_flat(z) for z in zs]
     for r, z in enumerate(zs):
         mean, var, mat = saved[r]
-        zc = _flat(z) - mean
+        zc = flat[r] - mean
         s = torch.sqrt(var + eps)
         a_var = g_var[:, r, None]
         w = torch.where((s < gamma) & (a_var != 0), -a_var / (d * n1 * s), torch.zeros_like(s))
@@ -199,7 +200,7 @@ def _vicreg_device_backward(zs, gamma, eps, side, work, saved, g_inv, g_var, g_c
             g = alpha[:, None, None] * (mat @ zc) + zc * (w - alpha[:, None] * var * n1)[:, None, :]
         if len(zs) == 2:
             ai = (2.0 / (n * d)) * g_inv[:, None, None]
-            g = g + (ai * (_flat(z) - _flat(zs[1 - r]))).to(g.dtype)
+            g = g + (ai * (flat[r] - flat[1 - r])).to(g.dtype)
         grads.append(g.to(z.dtype).reshape(z.shape))
     return grads
 
@@ -272,7 +273,7 @@ class _InvarianceTerm(torch.autograd.Function):
             inv, bad = P.invariance_host(z1.detach(), z2.detach(), shape)
             inv = torch.from_numpy(inv)
         else:
-            inv = _mean_sq_diff(z1, z2)
+            inv = _mean_sq_diff(_flat(z1), _flat(z2))
             bad = torch.isnan(inv)[:, None]
         _check(bad, shape[:-2], ("z1 or z2",), check_finite)
         ctx.save_for_backward(z1, z2)
@@ -295,9 +296,10 @@ def _barlow_device_forward(z1, z2, eps, side, work):
     n = z1.shape[-2]
     x, y = _flat(z1), _flat(z2)
     m1, m2 = x.mean(-2, keepdim=True), y.mean(-2, keepdim=True)
-    v1, v2 = (x - m1).square().mean(-2), (y - m2).square().mean(-2)  # BatchNorm: biased variance
+    xc, yc = x - m1, y - m2
+    v1, v2 = xc.square().mean(-2), yc.square().mean(-2)  # BatchNorm: biased variance
     r1, r2 = torch.rsqrt(v1 + eps), torch.rsqrt(v2 + eps)
-    h1, h2 = (x - m1) * r1[:, None, :], (y - m2) * r2[:, None, :]
+    h1, h2 = xc * r1[:, None, :], yc * r2[:, None, :]
     cd = (h1 * h2).sum(-2) / n
     on = (1 - cd).square().sum(-1)
     if side == "features":
