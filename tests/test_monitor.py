@@ -301,6 +301,23 @@ def test_non_finite_weights_become_nan_and_an_event(net):
     assert [(e.layer, e.kind) for e in events] == [("fc2.weight", "non_finite")]
 
 
+def test_a_failed_fit_on_finite_weights_is_not_non_finite():
+    """A layer whose power-law fit fails (more than half its singular values exactly 0) keeps its
+    other metrics and checks; only NaN/Inf weights are a non_finite event."""
+    torch.manual_seed(0)
+    m = torch.nn.Linear(40, 40, bias=False)
+    events: list[MonitorEvent] = []
+    mon = SpectralMonitor(m, metrics=["alpha", "rank_loss"], on_event=events.append)
+    mon.step()
+    with torch.no_grad():
+        m.weight[5:] = 0
+        m.weight[:, 5:] = 0
+    mon.step()
+    v = mon.latest["weight"]
+    assert math.isnan(v["alpha"]) and v["rank_loss"] == 35
+    assert [(e.kind, e.value) for e in events] == [("rank_loss_rise", 35)]
+
+
 def test_activations_rankme_drop(net):
     torch.manual_seed(4)
     x = torch.randn(256, 16)

@@ -6,8 +6,6 @@ import contextlib
 import importlib
 import threading
 
-_TORCH_NAMES = ("svdvals", "matrix_rank", "matrix_norm", "cond")
-
 # One process-wide state: module attributes are global, so is the patch.
 _lock = threading.Lock()
 _owner: int | None = None  # the thread holding the patch while any target is installed
@@ -27,8 +25,7 @@ def _replacements(target: str) -> tuple:
     except ImportError:
         raise ImportError("rankscope.patch(torch=True) needs torch: pip install torch") from None
     ours = importlib.import_module("rankscope.torch.linalg")
-    names = [n for n in getattr(ours, "ORIGINALS", _TORCH_NAMES) if hasattr(torch.linalg, n)]
-    return torch.linalg, {name: getattr(ours, name) for name in names}
+    return torch.linalg, {name: getattr(ours, name) for name in ours.ORIGINALS}
 
 
 def _release(targets) -> None:

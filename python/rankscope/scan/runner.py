@@ -206,6 +206,12 @@ def _spectra(mats: list[Any], method: str, device: int | None) -> list[np.ndarra
     return [v if isinstance(v, np.ndarray) else v.cpu().numpy() for v in vals]
 
 
+def needs_refine(s: np.ndarray, exact: bool, refine_rtol: float) -> bool:
+    """Whether a descending Gram-route spectrum must be recomputed by the exact route: data not
+    already on it (`exact`: float64) whose s_min < refine_rtol · s₁."""
+    return not exact and bool(len(s)) and s[0] > 0 and not (s[-1] >= refine_rtol * s[0])
+
+
 def refined_spectra(mats: list[Any], exact: list[bool], refine_rtol: float,
                     device: int | None) -> tuple[list[np.ndarray], np.ndarray]:
     """float64 singular values of `mats` (host numpy), and which were refined: matrices not already on
@@ -213,8 +219,7 @@ def refined_spectra(mats: list[Any], exact: list[bool], refine_rtol: float,
     route are recomputed by the exact route, so the small end is that of a float64 SVD."""
     spectra = _spectra(mats, "auto", device)
     refined = np.zeros(len(mats), dtype=bool)
-    redo = [i for i, s in enumerate(spectra)
-            if not exact[i] and len(s) and s[0] > 0 and not (s[-1] >= refine_rtol * s[0])]
+    redo = [i for i, s in enumerate(spectra) if needs_refine(s, exact[i], refine_rtol)]
     if redo:
         for i, s in zip(redo, _spectra([mats[i] for i in redo], "exact", device)):
             spectra[i] = s

@@ -93,6 +93,10 @@ class MonitorRecord:
     spectra: dict[str, np.ndarray] = field(repr=False)
     seconds: float = 0.0  # host time the measurement took inside step() (queueing only on CUDA)
 
+    def rows(self) -> list[tuple[int, str, str, float]]:
+        """(step, layer, metric, value) of every value, as the history and the table writer hold them."""
+        return [(self.step, layer, metric, v) for layer, vs in self.values.items() for metric, v in vs.items()]
+
     def scalars(self, prefix: str = "spectral") -> dict[str, float]:
         """The finite values as ``{f"{prefix}/{metric}/{layer}": value}`` (what loggers take)."""
         return {f"{prefix}/{metric}/{layer}": v for layer, vs in self.values.items() for metric, v in vs.items()
@@ -102,8 +106,8 @@ class MonitorRecord:
 @dataclass
 class _Pending:
     """A measurement started: its layers, the owner layer of each matrix, and either the host values
-    (CPU) or, per shape group on CUDA, (matrix indices, pinned host values, snapshot kept for the
-    exact-route refinement or None) with the event that marks them ready."""
+    (CPU) or, per shape group on CUDA, (matrix indices, pinned host values, the snapshot kept for the
+    refinement) with the event that marks them ready."""
 
     step: int
     layers: list
@@ -113,10 +117,6 @@ class _Pending:
     cuda: list | None = None
     event: Any = None
     seconds: float = 0.0
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
 
 
 def _check_metrics(metrics: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -299,9 +299,7 @@ class SpectralMonitor:
         self.tokens, self.spatial, self.forward = tokens, spatial, forward
         self._opts = ScanOptions(conv=conv, layers=layers, min_dim=min_dim, split_qkv=bool(split_qkv),
                                  estimator=estimator, keep_evals=False, alpha_range=self.alpha_range)
-        self._opts.validate()
-        # always the scanner's refinement: alpha's fit of a collapsing layer reads its small end too
-        self._refine_rtol = self._opts.refine_rtol
+        self._opts.validate()  # the scanner's refinement always applies: a collapsing layer's fit reads its small end
         self._writers = [_writer(w) for w in _as_list(log)]
         self._rows: list[tuple[int, str, str, float]] = []
         self._frame = None
@@ -330,8 +328,9 @@ class SpectralMonitor:
         # a step below the last measured one is a new run (or a resumed one): measure again
         due = self._last is None or self.steps < self._last or self.steps - self._last >= self.every
         if due:
-            self.measure(batch, step=self.steps)
-        self.poll()
+            self.measure(batch, step=self.steps)  # polls
+        else:
+            self.poll()
         return due
 
     def measure(self, batch: Any = None, *, step: int | None = None) -> None:
@@ -352,13 +351,17 @@ class SpectralMonitor:
         while self._pending and (self._pending[0].event is None or self._pending[0].event.query()):
             self._finish(self._pending.pop(0))
 
-    def flush(self) -> None:
+    def _drain(self) -> None:
         """Waits for every pending measurement and hands it on (writers, events, history)."""
         while self._pending:
             p = self._pending.pop(0)
             if p.event is not None:
                 p.event.synchronize()
             self._finish(p)
+
+    def flush(self) -> None:
+        """Waits for every pending measurement, hands it on, and flushes the writers."""
+        self._drain()
         for w in self._writers:
             f = getattr(w, "flush", None)
             if f is not None:
@@ -384,7 +387,7 @@ class SpectralMonitor:
         pending ones)."""
         import pandas as pd
 
-        self.flush()
+        self._drain()
         if self._frame is None or len(self._frame) != len(self._rows):
             self._frame = pd.DataFrame(self._rows, columns=["step", "layer", "metric", "value"])
         return self._frame
@@ -392,7 +395,7 @@ class SpectralMonitor:
     @property
     def latest(self) -> dict[str, dict[str, float]]:
         """The last measurement's values, {layer: {metric: value}} (waits for it)."""
-        self.flush()
+        self._drain()
         return {k: dict(v) for k, v in self._latest.items()}
 
     def pivot(self, metric: str):
@@ -408,23 +411,12 @@ class SpectralMonitor:
     def _layers(self) -> list:
         """The scanner's layers of the model's parameters (re-planned when the parameters change)."""
         from ..scan.layers import plan
-        from ..scan.sources import TensorInfo
 
-        params = []
-        for prefix, mod in self.model.named_modules():
-            for pname, p in mod._parameters.items():
-                if p is not None:
-                    params.append((f"{prefix}.{pname}" if prefix else pname, p, type(mod).__name__))
+        params = owned_parameters(self.model)
         key = tuple((n, id(p), tuple(p.shape), p.dtype, p.device) for n, p, _ in params)
         if key != self._plan_key:
-            seen: set[int] = set()
-            infos = []
-            for name, p, owner in params:
-                if id(p) in seen:  # tied weights once, under their first name
-                    continue
-                seen.add(id(p))
-                infos.append(TensorInfo(name, tuple(p.shape), _dtype_name(p), (lambda p=p: p.detach()), owner))
             o = self._opts
+            infos = tensor_infos(params, lambda p: (lambda: p.detach()))
             self._plan = [la for la in plan(infos, conv=o.conv, split_qkv=o.split_qkv, layers=o.layers,
                                             min_dim=o.min_dim, max_dim=o.max_dim) if la.skip is None]
             self._plan_key = key
@@ -452,12 +444,12 @@ class SpectralMonitor:
                 redo = [i for i, v in enumerate(vals) if _float32_unresolved(v)]
                 if redo:
                     again, _ = refined_spectra([mats[i] for i in redo], [mats[i].dtype == torch.float64 for i in redo],
-                                               self._refine_rtol, None)
+                                               self._opts.refine_rtol, None)
                     for i, v in zip(redo, again):
                         vals[i] = v
                         refined[i] = True
             else:
-                vals, refined = refined_spectra(mats, [m.dtype == torch.float64 for m in mats], self._refine_rtol,
+                vals, refined = refined_spectra(mats, [m.dtype == torch.float64 for m in mats], self._opts.refine_rtol,
                                                 None)
             return _Pending(step, layers, owner, acts, host=(vals, refined))
         return self._queue_cuda(step, layers, mats, owner, acts, where)
@@ -476,52 +468,44 @@ class SpectralMonitor:
         snaps = [(idx, torch.stack([mats[i] for i in idx])) for idx in groups.values()]
         side.wait_stream(main)
         out = []
-        keep = self._refine_rtol > 0 or self.precision == "float32"
         with torch.cuda.stream(side):
             for idx, snap in snaps:
                 snap.record_stream(side)
-                vals = _float32_spectra_torch(snap) if self.precision == "float32" else _engine_cuda(snap)
+                vals = _float32_spectra_torch(snap) if self.precision == "float32" else _cuda_svdvals(snap, exact=False)
                 host = torch.empty(vals.shape, dtype=torch.float64, pin_memory=True)
                 host.copy_(vals, non_blocking=True)
-                out.append((idx, host, snap if keep else None))
+                out.append((idx, host, snap))
             event = torch.cuda.Event()
             event.record(side)
         return _Pending(step, layers, owner, acts, cuda=out, event=event)
 
     def _spectra_of(self, p: _Pending) -> tuple[list[np.ndarray], np.ndarray]:
         """(values per matrix, refined flags) of a finished measurement."""
+        from ..scan.runner import needs_refine
+
         if p.host is not None:
             return list(p.host[0]), p.host[1]
         vals: list[np.ndarray] = [np.zeros(0)] * len(p.owner)
         refined = np.zeros(len(p.owner), dtype=bool)
+        f32, rtol = self.precision == "float32", self._opts.refine_rtol
         for idx, host, snap in p.cuda:
+            exact = snap.dtype == torch.float64
             h = host.numpy()
-            redo = []
-            f32 = self.precision == "float32"
             for j, i in enumerate(idx):
-                s = h[j]
-                vals[i] = s
-                if snap is None:
-                    continue
-                if (_float32_unresolved(s) if f32 else
-                        snap.dtype != torch.float64 and len(s) and s[0] > 0 and not (s[-1] >= self._refine_rtol * s[0])):
-                    redo.append(j)
-            if redo:  # float64 (or the exact route) for the few matrices the faster route cannot resolve
-                if f32:
-                    again = list(_engine_cuda(snap[redo]).cpu().numpy())
-                    for r, s in enumerate(again):
-                        if snap.dtype != torch.float64 and s[0] > 0 and not (s[-1] >= self._refine_rtol * s[0]):
-                            from .._api import svdvals
-
-                            again[r] = svdvals(snap[redo[r]], method="exact", dtype="float64",
-                                               check_finite=False).cpu().numpy()
-                else:
-                    from .._api import svdvals
-
-                    again = svdvals(snap[redo], method="exact", dtype="float64", check_finite=False).cpu().numpy()
-                for j, s in zip(redo, again):
-                    vals[idx[j]] = s
-                    refined[idx[j]] = True
+                vals[i] = h[j]
+            # float64 (float32 route), then the exact route, for the few matrices the faster route
+            # cannot resolve
+            redo = [j for j in range(len(idx)) if (_float32_unresolved(h[j]) if f32 else needs_refine(h[j], exact, rtol))]
+            if not redo:
+                continue
+            again = list(_cuda_svdvals(snap[redo], exact=False)) if f32 else [None] * len(redo)
+            ex = [r for r, s in enumerate(again) if s is None or needs_refine(s, exact, rtol)]
+            if ex:
+                for r, s in zip(ex, _cuda_svdvals(snap[[redo[r] for r in ex]], exact=True)):
+                    again[r] = s
+            for j, s in zip(redo, again):
+                vals[idx[j]] = s
+                refined[idx[j]] = True
         return vals, refined
 
     def _finish(self, p: _Pending) -> None:
@@ -535,24 +519,23 @@ class SpectralMonitor:
             per.setdefault(li, []).append(i)
         for li, layer in enumerate(p.layers):
             idx = per.get(li, [])
-            row, _ = layer_row(layer, [vals[i] for i in idx], refined[idx], None, self._opts)
+            mats = [vals[i] for i in idx]
+            row, _ = layer_row(layer, mats, refined[idx], None, self._opts)
             values[layer.name] = {m: _num(row.get(m)) for m in self.weight_metrics}
-            if row.get("status") == "failed":
+            if not all(np.isfinite(s).all() for s in mats):  # layer_row's failed row: NaN or Inf weights
                 self._event(p.step, layer.name, "non_finite", math.nan, math.nan,
                             f"layer {layer.name!r}: {row.get('warning')}")
                 continue
-            s = np.sort(np.concatenate([vals[i] for i in idx]))[::-1] if idx else np.zeros(0)
-            spectra[layer.name] = s
+            # one matrix is already descending; pooled Conv2d slices are merged
+            spectra[layer.name] = mats[0] if len(mats) == 1 else np.sort(np.concatenate(mats or [np.zeros(0)]))[::-1]
             self._check_weights(p.step, layer, values[layer.name])
         for name, v in p.activations.items():
             values[name] = v
             self._check_activations(p.step, name, v)
-        for layer, vs in values.items():
-            for metric, value in vs.items():
-                self._rows.append((p.step, layer, metric, value))
+        record = MonitorRecord(p.step, values, spectra, p.seconds)
+        self._rows.extend(record.rows())
         self._latest = values
         self.seconds.append(p.seconds)
-        record = MonitorRecord(p.step, values, spectra, p.seconds)
         for w in self._writers:
             w(record)
 
@@ -726,14 +709,36 @@ def _float32_spectra(mats: Iterable[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
-def _engine_cuda(batch: torch.Tensor) -> torch.Tensor:
-    """float64 singular values of a CUDA batch on the current stream: rankscope's CUDA backend when
-    it is built, else torch's eigvalsh of the float64 Gram matrices (the same route)."""
+def _cuda_svdvals(batch: torch.Tensor, *, exact: bool) -> torch.Tensor:
+    """float64 singular values of a CUDA batch on the current stream, by the engine's "auto" route
+    (or its exact one): rankscope's CUDA backend when it is built, else torch's own (eigvalsh of the
+    float64 Gram matrices, or svdvals in float64)."""
     from .._backend import cuda_available
 
     if cuda_available():
         from .._api import svdvals
 
-        return svdvals(batch, dtype="float64", check_finite=False)
-    g = _gram(batch.double())
-    return torch.linalg.eigvalsh(g).clamp_min_(0).flip(-1).sqrt_()
+        return svdvals(batch, method="exact" if exact else "auto", dtype="float64", check_finite=False)
+    if exact or batch.dtype == torch.float64:
+        return torch.linalg.svdvals(batch.double())
+    return torch.linalg.eigvalsh(_gram(batch.double())).clamp_min_(0).flip(-1).sqrt_()
+
+
+def owned_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, str]]:
+    """Every parameter of `model` as (name, tensor, owning module's class name), in module order."""
+    return [(f"{prefix}.{pname}" if prefix else pname, p, type(mod).__name__)
+            for prefix, mod in model.named_modules() for pname, p in mod._parameters.items() if p is not None]
+
+
+def tensor_infos(params: list[tuple[str, torch.Tensor, str]], load: Callable[[torch.Tensor], Callable[[], Any]]):
+    """The scanner's TensorInfo of each distinct parameter of `params` (a tied weight once, under its
+    first name); `load(p)` is its loader."""
+    from ..scan.sources import TensorInfo, _torch_dtype_name
+
+    seen: set[int] = set()
+    infos = []
+    for name, p, owner in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            infos.append(TensorInfo(name, tuple(p.shape), _torch_dtype_name(p), load(p), owner))
+    return infos

@@ -62,29 +62,25 @@ def layer_param_groups(model: torch.nn.Module, *, layers: Any = None, min_dim: i
     (lr=, weight_decay=, ...) are copied into every group.
     """
     from ..scan.layers import plan
-    from ..scan.sources import TensorInfo
+    from .monitor import owned_parameters, tensor_infos
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    params = owned_parameters(model)
+    infos = tensor_infos(params, lambda p: (lambda: None))
+    kept = {info.name for info in infos}  # a tied weight once, under its first name
     owned: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
-    infos, seen = [], set()
-    for prefix, mod in model.named_modules():
-        for pname, p in mod._parameters.items():
-            if p is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            name = f"{prefix}.{pname}" if prefix else pname
-            owned.setdefault(prefix, []).append((name, p))
-            infos.append(TensorInfo(name, tuple(p.shape), str(p.dtype).removeprefix("torch."), lambda: None,
-                                    type(mod).__name__))
+    for name, p, _ in params:
+        if name in kept:
+            owned.setdefault(name.rpartition(".")[0], []).append((name, p))
     measured = {la.tensor for la in plan(infos, layers=layers, min_dim=min_dim) if la.skip is None}
     groups, rest = [], []
-    for prefix, params in owned.items():
-        weights = [n for n, _ in params if n in measured]
+    for members in owned.values():
+        weights = [n for n, _ in members if n in measured]
         if weights:
-            groups.append({"params": [p for _, p in params], "layer": weights[0], **defaults})
+            groups.append({"params": [p for _, p in members], "layer": weights[0], **defaults})
         else:
-            rest.extend(p for _, p in params)
+            rest.extend(p for _, p in members)
     if rest:
         groups.append({"params": rest, "layer": None, **defaults})
     return groups

@@ -46,10 +46,8 @@ class TensorBoardWriter:
         self.histograms = bool(histograms)
 
     def __call__(self, record) -> None:
-        for layer, values in record.values.items():
-            for metric, v in values.items():
-                if v is not None and math.isfinite(v):
-                    self.writer.add_scalar(f"{self.prefix}/{metric}/{layer}", v, record.step)
+        for tag, v in record.scalars(self.prefix).items():
+            self.writer.add_scalar(tag, v, record.step)
         if self.histograms:
             for layer, s in record.spectra.items():
                 pos = s[s > 0]
@@ -92,7 +90,7 @@ class TableWriter:
                 f.write("step,layer,metric,value\n")
 
     def __call__(self, record) -> None:
-        rows = [(record.step, layer, metric, v) for layer, vs in record.values.items() for metric, v in vs.items()]
+        rows = record.rows()
         self._records += 1
         if self.kind == "csv":
             with open(self.path, "a", encoding="utf-8") as f:
