@@ -11,7 +11,13 @@ import tempfile
 
 import numpy as np
 
-from .scan.examples import example_model
+
+def example_model(seed: int = 0):
+    """The built-in example model (rankscope.scan.examples.example_model, imported on use: the
+    scanner and pandas stay out of `rankscope info` and `rankscope bench`)."""
+    from .scan.examples import example_model as build
+
+    return build(seed)
 
 _SUMMARY = ("model", "name", "shape", "matrix_rank", "rank_loss", "log10_sv_min_rel", "alpha", "stable_rank")
 
@@ -142,10 +148,7 @@ def _scan(args, parser) -> int:
         written = plots.write_all(report, args.plots)
         print(f"{len(written)} figures written to {args.plots}", file=sys.stderr)
     if args.json:
-        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else
-                     v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-                for r in report.layers.to_dict(orient="records")]
-        print(json.dumps(rows, indent=1, allow_nan=False))
+        print(json.dumps(report.records(), indent=1, allow_nan=False))
     else:
         _print_summary(report, args.top, report.seconds)
     return 0 if len(report.scanned) else 1

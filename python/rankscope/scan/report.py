@@ -121,10 +121,14 @@ class ScanReport:
         optional_import("pyarrow", "parquet")
         _atomic(path, lambda p: _parquet_frame(self.layers).to_parquet(p, index=False, **kw))
 
+    def records(self) -> list[dict]:
+        """The layer table as a list of JSON-ready row dicts (numpy scalars as Python ones; NaN and
+        ±inf as None)."""
+        return [{k: _json_value(v) for k, v in r.items()} for r in self.layers.to_dict(orient="records")]
+
     def to_json(self, path: str | os.PathLike) -> None:
         """The layer table as a JSON list of rows (NaN and ±inf as null; strict JSON)."""
-        rows = [{k: _json_value(v) for k, v in r.items()} for r in self.layers.to_dict(orient="records")]
-        text = json.dumps({"layers": rows, "options": _jsonable(self.options)}, indent=1, allow_nan=False)
+        text = json.dumps({"layers": self.records(), "options": _jsonable(self.options)}, indent=1, allow_nan=False)
         _atomic(path, lambda p: _write_text(p, text))
 
     def save(self, path: str | os.PathLike) -> None:
