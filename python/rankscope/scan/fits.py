@@ -556,21 +556,25 @@ def hard_rank_ww(evals: Any, N: int) -> int:
     √(m + n + 1) where it should multiply; the column does not use it.)
     """
     s = np.sqrt(_sorted_evals(evals))
-    if s.size == 0:
-        return 0
+    return _hard_rank_ww(s, N) if s.size else 0
+
+
+def _hard_rank_ww(s: np.ndarray, N: int) -> int:
+    """#{s > s_max · N · eps(float64)} of a non-empty float64 s."""
     return int(np.count_nonzero(s > np.max(s) * N * np.finfo(np.float64).eps))
 
 
-def matrix_entropy_ww(evals: Any, N: int) -> float:
+def matrix_entropy_ww(evals: Any, N: int, rank: int | None = None) -> float:
     """WW's ``entropy`` column: -Σ p' ln p' / ln(rank + 1e-10), p' = l/Σl + 1e-10.
 
-    rank = `hard_rank_ww`. Reproduced operation for operation (l is recomputed as (√l)², as WW
-    does). A zero spectrum gives NaN and an empty one -1, as in WW.
+    rank = `hard_rank_ww` (pass it when already computed). Reproduced operation for operation (l is
+    recomputed as (√l)², as WW does). A zero spectrum gives NaN and an empty one -1, as in WW.
     """
     s = np.sqrt(_sorted_evals(evals))
     if s.size == 0:
         return -1.0
-    rank = np.count_nonzero(s > np.max(s) * N * np.finfo(s.dtype).eps)
+    if rank is None:
+        rank = _hard_rank_ww(s, N)
     e = s * s
     with np.errstate(divide="ignore", invalid="ignore"):
         p = e / np.sum(e) + WW_EPSILON

@@ -212,7 +212,7 @@ def resume_keys(layers: pd.DataFrame) -> set[tuple[str, int, float]]:
     keys = set()
     for (path, size, mtime), g in layers.groupby(["path", "file_size", "file_mtime"], dropna=True):
         if path and (g["status"] != "error").any():
-            keys.add((str(path), int(size), round(float(mtime), 3)))
+            keys.add(file_key(path, size, mtime))
     return keys
 
 

@@ -200,8 +200,8 @@ def _read_chunk(chunk: list[_Tensor]) -> _Loaded:
 def _spectra(mats: list[Any], method: str, device: int | None) -> list[np.ndarray]:
     if not mats:
         return []
-    on_gpu = not isinstance(mats[0], np.ndarray) and getattr(getattr(mats[0], "device", None), "type", "") == "cuda"
-    dev = None if on_gpu else (f"cuda:{device}" if device is not None else None)
+    # device matrices (torch CUDA tensors) are computed on their own device whatever `device` says
+    dev = f"cuda:{device}" if device is not None else None
     vals = svdvals(mats, method=method, dtype="float64", check_finite=False, device=dev)
     return [v if isinstance(v, np.ndarray) else v.cpu().numpy() for v in vals]
 
@@ -343,26 +343,25 @@ def _run_window(window, opts: ScanOptions, device, rng, base_models, on_window, 
     evals: dict = {}
     order: list[tuple[int, Layer]] = []  # (model index, layer), report order
     for mi, (src, layers) in enumerate(window):
-        by_tensor: dict[str, list[Layer]] = {}
-        infos = {}  # from planning: the model's tensors are listed once
+        by_tensor: dict[str, list[Layer]] = {}  # the layers of one tensor share its TensorInfo
         for layer in layers:
             order.append((mi, layer))
             if layer.skip is None:
                 by_tensor.setdefault(layer.tensor, []).append(layer)
-                infos.setdefault(layer.tensor, layer.info)
         for name, ls in by_tensor.items():
+            info = ls[0].info
             base = None
             if base_models is not None:
                 b = base_models.get(name)
                 reason = ("not in the base model" if b is None else
-                          f"shape {tuple(b.shape)} in the base model" if tuple(b.shape) != tuple(infos[name].shape)
+                          f"shape {tuple(b.shape)} in the base model" if tuple(b.shape) != tuple(info.shape)
                           else None)
                 if reason:
                     for layer in ls:
                         layer.skip, layer.count = f"delta scan: {reason}", 0
                     continue
                 base = b
-            tensors.append(_Tensor(mi, infos[name], ls, base))
+            tensors.append(_Tensor(mi, info, ls, base))
     bar.total += sum(t.n_matrices for t in tensors)
     bar.refresh()
     chunks = _chunks(tensors, int(opts.chunk_mb * 2**20))
@@ -486,7 +485,7 @@ def layer_row(layer: Layer, spectra: list[np.ndarray], refined: np.ndarray, rand
     if opts.rank_policy == "ww":  # WeightWatcher: the rank of the pooled spectrum, rank loss per slice
         row["matrix_rank"] = int(fits.hard_rank_ww(ev, layer.N))
         row["rank_loss"] = int(col["rank_loss"].sum())
-        row["entropy"] = float(fits.matrix_entropy_ww(ev, layer.N))
+        row["entropy"] = float(fits.matrix_entropy_ww(ev, layer.N, rank=row["matrix_rank"]))
     else:
         row["matrix_rank"] = int(col["matrix_rank"].sum())
         row["rank_loss"] = int(col["rank_loss"].sum())
