@@ -158,6 +158,7 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
     frames: list = []
     evals: dict = {}
     rescanned: set[str] = set()  # paths scanned again: their old rows are replaced
+    options = _options(opts, base)
 
     def merged():
         old = previous[~previous["path"].isin(rescanned)] if len(previous) else previous
@@ -167,7 +168,7 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
         frames.append(layer_frame(rows))
         evals.update(ev)
         if out is not None:
-            ScanReport(merged(), options=_options(opts, base)).save(out)
+            ScanReport(merged(), options=options).save(out)
 
     seen: dict[str, int] = {}
 
@@ -190,9 +191,8 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
     finally:
         if base_tensors is not None:
             base_tensors.close()
-    report = ScanReport(merged(), evals=evals, options=_options(opts, base),
-                        seconds=time.perf_counter() - t0)
-    if out is not None:
+    report = ScanReport(merged(), evals=evals, options=options, seconds=time.perf_counter() - t0)
+    if out is not None and not frames:  # every window has saved the report; nothing ran: write it once
         report.save(out)
     return report
 
