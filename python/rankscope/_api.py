@@ -24,17 +24,14 @@ from ._arrays import (
     to_framework,
 )
 from ._backend import cuda_module
+from ._errors import batch_index, non_finite_error
 
 
 def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
     """Raises for NaN/Inf inputs (when asked) and warns about matrices the solver could not solve."""
     bad = np.flatnonzero(status == 1)
     if check_finite and bad.size:
-        raise ValueError(
-            f"x contains NaN or Inf (matrix {where(bad[0])}"
-            + (f" and {bad.size - 1} more" if bad.size > 1 else "")
-            + "); pass check_finite=False to get NaN results for such matrices instead"
-        )
+        raise non_finite_error("x", where(bad[0]), bad.size)
     failed = np.flatnonzero(status == 2)
     if failed.size:
         shown = ", ".join(str(where(i)) for i in failed[:5]) + (", ..." if failed.size > 5 else "")
@@ -95,7 +92,7 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool,
     else:
         status = _core.svdvals(p.data, out, method)
     _check_status(status, check_finite,
-                  lambda i: f"at batch index {tuple(int(j) for j in np.unravel_index(i, batch)) if batch else ()}")
+                  lambda i: batch_index(i, batch))
     return out, p
 
 

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
+from ._errors import batch_index, non_finite_error
 
 REDUCTIONS = ("mean", "none")
 
@@ -92,12 +93,7 @@ def raise_non_finite(bad: np.ndarray, batch: tuple, names: tuple[str, ...]) -> N
         return
     b = int(flat[0])
     which = " and ".join(n for n, x in zip(names, bad[b]) if x) or names[0]
-    where = tuple(int(i) for i in np.unravel_index(b, batch)) if batch else ()
-    more = f" and {flat.size - 1} more" if flat.size > 1 else ""
-    raise ValueError(
-        f"{which} contains NaN or Inf (matrix at batch index {where}{more}); pass "
-        "check_finite=False to get NaN results for such matrices instead"
-    )
+    raise non_finite_error(which, batch_index(b, batch), flat.size)
 
 
 def reduce(values: np.ndarray, batch: tuple, reduction: str) -> Any:

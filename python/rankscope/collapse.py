@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import eps_of, is_cupy, is_ragged, is_torch
+from ._errors import batch_index, index_tuple, non_finite_error
 from ._xp import Ops, as_float64
 
 __all__ = [
@@ -39,10 +40,6 @@ __all__ = [
 # ---- shared input handling --------------------------------------------------------------------------
 
 
-def _where(i: int, batch: tuple) -> str:
-    return str(tuple(int(j) for j in np.unravel_index(i, batch))) if batch else "()"
-
-
 def _bad_matrices(a: Any, ops: Ops, what: str, check_finite: bool, core: int = 2) -> Any:
     """Per-matrix "has NaN/Inf" flags (batch shape, host numpy), or None when all are finite.
 
@@ -56,9 +53,7 @@ def _bad_matrices(a: Any, ops: Ops, what: str, check_finite: bool, core: int = 2
     bad = ops.to_numpy(per).reshape(batch)
     if check_finite:
         idx = np.flatnonzero(bad.reshape(-1))
-        more = f" and {idx.size - 1} more" if idx.size > 1 else ""
-        raise ValueError(f"{what} contains NaN or Inf (matrix at batch index {_where(int(idx[0]), batch)}{more}); "
-                         "pass check_finite=False to get NaN results for such matrices instead")
+        raise non_finite_error(what, batch_index(int(idx[0]), batch), idx.size)
     return bad
 
 
@@ -275,7 +270,7 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
     off = rows & (xp.abs(sums - 1.0) > tol)
     if bool(off.any()):
         i = int(np.flatnonzero(ops.to_numpy(off).reshape(-1))[0])
-        where = _where(i, tuple(off.shape))
+        where = index_tuple(i, tuple(off.shape))
         raise ValueError(f"A's rows must sum to 1 over their unmasked keys (to within {tol:g}); the row at "
                          f"index {where} sums to {float(ops.to_numpy(sums).reshape(-1)[i])!r}")
     if eps is None:
