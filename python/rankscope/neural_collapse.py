@@ -198,11 +198,19 @@ def _need_two(K: int, what: str) -> None:
         raise ValueError(f"{what} compares classes: it needs K >= 2 classes, got K = {K}")
 
 
-def _nc1(m: _Moments, variant: str, per_class: bool) -> Any:
+def _sb_eig(m: _Moments) -> tuple[Any, Any]:
+    """The eigenvalues of Σ_B = M̃ᵀM̃ / K (descending; the rest are 0) and the within-class quadratic
+    forms of its eigenvectors: what both NC1 variants read."""
+    xp = m.ops.xp
+    _, s, vh = xp.linalg.svd(m.centred_means(), full_matrices=False)
+    return s * s / m.K, m.quad(xp.swapaxes(vh, 0, 1))
+
+
+def _nc1(m: _Moments, variant: str, per_class: bool, eig: tuple[Any, Any] | None = None) -> Any:
+    """NC1 (`variant` "pinv" or "topk"); `eig`: _sb_eig(m) when already computed."""
     ops, xp = m.ops, m.ops.xp
     K, d = m.K, m.d
-    _, s, vh = xp.linalg.svd(m.centred_means(), full_matrices=False)
-    lam = s * s / K  # the eigenvalues of Σ_B = M̃ᵀM̃ / K (the rest are 0), descending
+    lam, q = _sb_eig(m) if eig is None else eig
     if variant == "pinv":
         keep = lam > d * m.eps * lam[0]
     else:  # rank Σ_B ≤ K − 1 for either μ_G: Σ_c w_c (μ_c − μ_G) = 0 with w_c = 1/K or N_c/N
@@ -210,7 +218,7 @@ def _nc1(m: _Moments, variant: str, per_class: bool) -> Any:
     inv = xp.where(keep, ops.divide(1.0, xp.where(keep, lam, ops.scalar(1.0))), ops.scalar(0.0))
     if variant == "topk":  # the notebook inverts the top K-1 eigenvalues whatever they are (0 -> inf)
         inv = xp.where(keep & (lam == 0), ops.scalar(math.inf), inv)
-    value = xp.sum(m.quad(xp.swapaxes(vh, 0, 1)) * inv)
+    value = xp.sum(q * inv)
     value = xp.where(lam[0] > 0, value, ops.scalar(math.nan))  # Σ_B = 0: all class means coincide
     return value / K if per_class else value
 
@@ -792,10 +800,11 @@ class NeuralCollapse:
         o = m.ops
         _need_two(self.K, "NeuralCollapse.compute")
         mt = m.centred_means()
+        eig = _sb_eig(m)
         out = {
             "n_samples": round(float(o.to_numpy(self._counts).sum())),
-            "nc1": o.out(_nc1(m, "pinv", True)),
-            "nc1_topk": o.out(_nc1(m, "topk", True)),
+            "nc1": o.out(_nc1(m, "pinv", True, eig)),
+            "nc1_topk": o.out(_nc1(m, "topk", True, eig)),
             "nc1_quotient": o.out(o.divide(m.tr_sw, _tr_sb(m))),
             "cdnv": o.out(_cdnv(m)),
             "nc2_equinorm": o.out(_equinorm(mt, o)),
