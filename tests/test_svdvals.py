@@ -150,6 +150,47 @@ def test_gram_two_stage_route(rng):
     assert_sv_close(s, a)
 
 
+LAPACK_K = COMPACT_MAX_K + 44  # LAPACK's dsytrd, then the lane-batched tridiagonal eigenvalues
+
+
+@pytest.mark.parametrize("kind", SPECTRA)
+def test_lapack_gram_route_engineered(rng, kind):
+    """The LAPACK Gram route (dsytrd per matrix, eigenvalues of the tridiagonal forms eight at a
+    time in the compact kernels' lock-step dsterf) on engineered spectra, square and wide, in a
+    batch of nine (a full group of eight and a partial one)."""
+    for m, n in ((LAPACK_K, LAPACK_K), (LAPACK_K, 2 * LAPACK_K + 1)):
+        assert route_of("float32", m, n, "gram") == "gram"
+        a = np.stack([engineered(rng, m, n, kind) for _ in range(9)])
+        for dtype in ("float32", "float64"):
+            x = a.astype(dtype)
+            s = rs.svdvals(x, method="gram")
+            assert_descending(s)
+            assert_sv_close(s, x, "gram", msg=f"spectrum {kind}, {dtype}")
+
+
+def test_lapack_gram_route_lane_independence(rng):
+    """On the LAPACK Gram route too a matrix's values are the same bits alone, in a full group of
+    eight and in a partial group, and a NaN matrix (check_finite=False) leaves the others alone."""
+    x = rng.standard_normal((10, LAPACK_K, LAPACK_K + 3)).astype(np.float32)
+    together = rs.svdvals(x)
+    alone = np.stack([rs.svdvals(x[i]) for i in range(len(x))])
+    assert np.array_equal(together, alone)
+    assert np.array_equal(rs.svdvals(x[7:10]), together[7:10])
+    bad = x.copy()
+    bad[4, 3, 5] = np.nan
+    s = rs.svdvals(bad, check_finite=False)
+    assert np.all(np.isnan(s[4]))
+    assert np.array_equal(np.delete(s, 4, axis=0), np.delete(together, 4, axis=0))
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-150, 1e150, 1e300])
+def test_lapack_gram_route_float64_extreme_scales(rng, scale):
+    a = engineered(rng, LAPACK_K, LAPACK_K + 10, "gaussian")
+    s = rs.svdvals(a * scale, method="gram")
+    assert np.all(np.isfinite(s)), s
+    assert_sv_close(s / scale, a, "gram", ref=np.linalg.svd(a, compute_uv=False))
+
+
 # ---- empty and degenerate ------------------------------------------------------------------------
 
 

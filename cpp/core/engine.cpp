@@ -155,11 +155,15 @@ int8_t run_exact(const MatrixRef& a, const VectorOut& out) {
   return kOk;
 }
 
-int8_t run_gram(const MatrixRef& a, const VectorOut& out, bool two_stage) {
+// Phase 1 of the LAPACK Gram route: the tridiagonal form (d[0..k), e[0..k-1)) of the float64 Gram
+// of the smaller side (scaled by scale², returned in `scale`). Returns kOk, or kNonFinite (values
+// NaN, written here).
+int8_t gram_reduce(const MatrixRef& a, const VectorOut& out, bool two_stage, double* d, double* e,
+                   double& scale) {
   const MatrixRef x = small_side_view(a);
   const int k = lapack::checked_int(x.m, "min(m, n)");
   lapack::checked_int(x.n, "max(m, n)");
-  const double scale = gram_scale(x);
+  scale = gram_scale(x);
   // G = Σ over panels of Bᵀ B, B (rows × k, column-major) = a panel of Xᵀ: the float64 copy is one
   // panel, not the whole matrix.
   const int64_t rows = std::min<int64_t>(x.n, std::max<int64_t>(k, kGramPanelDoubles / k));
@@ -173,11 +177,41 @@ int8_t run_gram(const MatrixRef& a, const VectorOut& out, bool two_stage) {
     }
     lapack::syrk<double>('T', k, r, 1.0, b, r, c0 > 0 ? 1.0 : 0.0, g, k);  // G (+)= BᵀB, lower triangle
   }
-  double* w = tls.d.get(k);
-  if (lapack::syevd_values(k, g, k, w, two_stage) != 0) return run_exact(a, out);
-  eig_to_sv(w, k, scale);
-  write_values(out, w, k);
+  lapack::sytrd(k, g, k, d, e, two_stage);
   return kOk;
+}
+
+// Phase 2 of the LAPACK Gram route: the eigenvalues of up to kLanes tridiagonal forms of order k
+// (tri[l]: d then e of matrix idx[l]), in the compact kernels' lock-step dsterf (LAPACK's dsterf
+// alone on one 512 × 512 form costs 40 % of its dsytrd; eight lanes cost about what one does).
+// Lanes are independent, so a matrix's values do not depend on its group.
+void gram_eigvals(const MatrixRef* mats, const VectorOut* outs, int8_t* status, double* const* tri,
+                  const double* scale, int count) {
+  constexpr int W = compact::kLanes;
+  const int64_t k = std::min(mats[0].m, mats[0].n);
+  double* d = tls.d.get(static_cast<size_t>(k * W));
+  double* e = tls.e.get(static_cast<size_t>(k * W));
+  std::fill(d, d + k * W, 0.0);  // idle lanes stay zero (they finish without a sweep)
+  std::fill(e, e + k * W, 0.0);
+  for (int l = 0; l < count; ++l)
+    for (int64_t i = 0; i < k; ++i) {
+      d[i * W + l] = tri[l][i];
+      if (i + 1 < k) e[i * W + l] = tri[l][k + i];
+    }
+  const unsigned failed = compact::tridiag_eigvals(d, e, static_cast<int>(k));
+  for (int l = 0; l < count; ++l) {
+    if (failed >> l & 1u) continue;
+    double* w = tri[l];  // the lane's own d is spent: its values go there
+    for (int64_t i = 0; i < k; ++i) w[i] = d[i * W + l];
+    std::sort(w, w + k);
+    eig_to_sv(w, k, scale[l]);
+    write_values(outs[l], w, k);
+    status[l] = kOk;
+  }
+  // No convergence in the lock-step QL/QR: LAPACK's SVD instead (after the other lanes were read:
+  // run_exact reuses this thread's scratch).
+  for (int l = 0; l < count; ++l)
+    if (failed >> l & 1u) status[l] = run_exact(mats[l], outs[l]);
 }
 
 // Up to compact::kLanes matrices of one shape, one per SIMD lane.
@@ -215,9 +249,7 @@ void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, i
     if (!finite[l]) {
       write_nan(outs[l], k);
       status[l] = kNonFinite;
-    } else if (failed >> l & 1u) {  // no convergence in the lock-step QL/QR: LAPACK's SVD instead
-      status[l] = run_exact(mats[l], outs[l]);
-    } else {
+    } else if (!(failed >> l & 1u)) {
       for (int64_t i = 0; i < k; ++i) w[i] = d[i * W + l];
       std::sort(w, w + k);
       eig_to_sv(w, k, scale[l]);
@@ -225,6 +257,10 @@ void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, i
       status[l] = kOk;
     }
   }
+  // No convergence in the lock-step QL/QR: LAPACK's SVD instead, once every other lane is read
+  // (run_exact reuses this thread's scratch, d and e included).
+  for (int l = 0; l < count; ++l)
+    if (finite[l] && (failed >> l & 1u)) status[l] = run_exact(mats[l], outs[l]);
 }
 
 // One unit of parallel work: a compact group (count ≤ kLanes, indices idx[0..count)) or one matrix.
@@ -295,6 +331,17 @@ void svdvals(const std::vector<MatrixRef>& in, const std::vector<VectorOut>& out
   // Largest first, so the tail of the schedule is short.
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
 
+  // LAPACK Gram-route matrices keep their tridiagonal form (d, e) between the two phases.
+  std::vector<size_t> tri_at(n_in, 0);
+  std::vector<double> scale(n_in, 1.0);
+  size_t tri_size = 0;
+  for (int64_t i = 0; i < n_in; ++i)
+    if (route[i] == Route::Gram || route[i] == Route::Gram2Stage) {
+      tri_at[i] = tri_size;
+      tri_size += 2 * static_cast<size_t>(std::min(in[i].m, in[i].n));
+    }
+  std::vector<double> tri(tri_size);
+
   auto run_task = [&](int64_t ti) {
     const Task& t = tasks[ti];
     if (t.route == Route::CompactGram) {
@@ -310,12 +357,45 @@ void svdvals(const std::vector<MatrixRef>& in, const std::vector<VectorOut>& out
       return;
     }
     const int64_t i = t.idx[0];
-    status[i] = t.route == Route::Exact ? run_exact(in[i], out[i])
-                                        : run_gram(in[i], out[i], t.route == Route::Gram2Stage);
+    if (t.route == Route::Exact) {
+      status[i] = run_exact(in[i], out[i]);
+    } else {
+      double* d = tri.data() + tri_at[i];
+      status[i] = gram_reduce(in[i], out[i], t.route == Route::Gram2Stage, d, d + std::min(in[i].m, in[i].n),
+                              scale[i]);
+    }
     tls.shrink();
   };
-
   run_blas_tasks(static_cast<int64_t>(tasks.size()), run_task);
+
+  // Phase 2: the reduced Gram-route matrices' eigenvalues, kLanes of one order at a time.
+  std::vector<Task> groups;
+  for (size_t p = 0; p < order.size(); ++p) {  // `order` puts equal orders next to each other
+    const int64_t i = order[p];
+    if (!(route[i] == Route::Gram || route[i] == Route::Gram2Stage) || status[i] != kOk) continue;
+    const int64_t k = std::min(in[i].m, in[i].n);
+    if (groups.empty() || groups.back().count == compact::kLanes ||
+        std::min(in[groups.back().idx[0]].m, in[groups.back().idx[0]].n) != k)
+      groups.push_back(Task{route[i], 0, {}, 0.0});
+    groups.back().idx[groups.back().count++] = i;
+  }
+  run_blas_tasks(static_cast<int64_t>(groups.size()), [&](int64_t gi) {
+    const Task& g = groups[gi];
+    MatrixRef mats[compact::kLanes];
+    VectorOut outs[compact::kLanes];
+    int8_t st[compact::kLanes];
+    double* tris[compact::kLanes];
+    double scales[compact::kLanes];
+    for (int l = 0; l < g.count; ++l) {
+      mats[l] = in[g.idx[l]];
+      outs[l] = out[g.idx[l]];
+      tris[l] = tri.data() + tri_at[g.idx[l]];
+      scales[l] = scale[g.idx[l]];
+    }
+    gram_eigvals(mats, outs, st, tris, scales, g.count);
+    for (int l = 0; l < g.count; ++l) status[g.idx[l]] = st[l];
+    tls.shrink();
+  });
 }
 
 }  // namespace rankscope

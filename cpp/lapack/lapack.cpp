@@ -7,11 +7,11 @@
 
 // Fortran LAPACK/BLAS from scipy-openblas32: 32-bit ints; trailing hidden lengths of character args.
 extern "C" {
-void scipy_dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
-                   double* work, const int* lwork, int* iwork, const int* liwork, int* info, size_t, size_t);
-void scipy_dsyevd_2stage_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda,
-                          double* w, double* work, const int* lwork, int* iwork, const int* liwork, int* info,
-                          size_t, size_t);
+void scipy_dsytrd_(const char* uplo, const int* n, double* a, const int* lda, double* d, double* e, double* tau,
+                   double* work, const int* lwork, int* info, size_t);
+void scipy_dsytrd_2stage_(const char* vect, const char* uplo, const int* n, double* a, const int* lda, double* d,
+                          double* e, double* tau, double* hous2, const int* lhous2, double* work,
+                          const int* lwork, int* info, size_t, size_t);
 void scipy_dgesdd_(const char* jobz, const int* m, const int* n, double* a, const int* lda, double* s,
                    double* u, const int* ldu, double* vt, const int* ldvt, double* work, const int* lwork,
                    int* iwork, int* info, size_t);
@@ -49,16 +49,26 @@ void check_args(int info, const char* routine) {
 }
 }  // namespace
 
-int syevd_values(int n, double* a, int lda, double* w, bool two_stage) {
-  int info = 0, lwork = -1, liwork = -1, iq = 0;
-  double wq = 0;
-  auto call = two_stage ? scipy_dsyevd_2stage_ : scipy_dsyevd_;
-  call("N", "L", &n, a, &lda, w, &wq, &lwork, &iq, &liwork, &info, 1, 1);
-  check_args(info, two_stage ? "dsyevd_2stage (workspace query)" : "dsyevd (workspace query)");
+int sytrd(int n, double* a, int lda, double* d, double* e, bool two_stage) {
+  int info = 0, lwork = -1, lhous = -1;
+  double wq = 0, hq = 0;
+  // tau and the 2-stage Householder data (not needed for eigenvalues) share the work array's front
+  if (two_stage) {
+    scipy_dsytrd_2stage_("N", "L", &n, a, &lda, d, e, &wq, &hq, &lhous, &wq, &lwork, &info, 1, 1);
+    check_args(info, "dsytrd_2stage (workspace query)");
+    lhous = static_cast<int>(hq) + 1;
+    lwork = static_cast<int>(wq) + 1;
+    double* w = scratch.w(static_cast<size_t>(n) + lhous + lwork);
+    scipy_dsytrd_2stage_("N", "L", &n, a, &lda, d, e, w, w + n, &lhous, w + n + lhous, &lwork, &info, 1, 1);
+    check_args(info, "dsytrd_2stage");
+    return info;
+  }
+  scipy_dsytrd_("L", &n, a, &lda, d, e, &wq, &wq, &lwork, &info, 1);
+  check_args(info, "dsytrd (workspace query)");
   lwork = static_cast<int>(wq) + 1;
-  liwork = iq > 1 ? iq : 1;
-  call("N", "L", &n, a, &lda, w, scratch.w(lwork), &lwork, scratch.iw(liwork), &liwork, &info, 1, 1);
-  check_args(info, two_stage ? "dsyevd_2stage" : "dsyevd");
+  double* w = scratch.w(static_cast<size_t>(n) + lwork);
+  scipy_dsytrd_("L", &n, a, &lda, d, e, w, w + n, &lwork, &info, 1);
+  check_args(info, "dsytrd");
   return info;
 }
 

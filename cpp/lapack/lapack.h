@@ -10,9 +10,10 @@ namespace rankscope::lapack {
 /// Checked narrowing of a size to LAPACK's 32-bit int; throws InvalidArgument naming `what`.
 int checked_int(int64_t v, const char* what);
 
-/// Eigenvalues (ascending) of the symmetric matrix in the lower triangle of column-major `a`
-/// — dsyevd, or dsyevd_2stage when `two_stage`. Destroys `a`. Returns info.
-int syevd_values(int n, double* a, int lda, double* w, bool two_stage);
+/// Tridiagonal form (diagonal d[0..n), off-diagonal e[0..n-1)) of the symmetric matrix in the lower
+/// triangle of column-major `a`: dsytrd, or dsytrd_2stage (VECT = 'N') when `two_stage`. Destroys
+/// `a`. Returns info.
+int sytrd(int n, double* a, int lda, double* d, double* e, bool two_stage);
 
 /// Singular values (descending) of the column-major m × n matrix `a` — dgesdd, JOBZ = 'N'.
 /// Destroys `a`. Returns info (> 0: did not converge).
