@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_scan import _machine  # noqa: E402
+from bench_scan import _machine
 
 _L = ctypes.c_size_t(1)  # the hidden length of a Fortran character argument
 
