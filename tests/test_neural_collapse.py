@@ -448,6 +448,33 @@ def test_deep_neural_collapse(rng):
     _close(dp["nc1"][2], float(nc.nc1(pairs[1][1], y)))  # (N, 2, 5) flattened to (N, 10)
 
 
+def test_deep_neural_collapse_matches_streaming(rng, framework):
+    """A layer's row and NeuralCollapse.compute() on the same data: the same metrics, in the same
+    order, with the same values (float64 on both sides; 1e-10 as for streaming vs one-shot), and a
+    NaN layer's row (check_finite=False) has the same columns."""
+    K, d = 5, 11
+    h, y, _ = planted(rng, K, d, noise=0.5)
+    x, lab = to_framework(h, framework), _labels(y, framework)
+    acc = nc.NeuralCollapse(K, d, passes=2)
+    acc.update(x, lab)
+    acc.start_second_pass()
+    acc.update(x, lab)
+    got = acc.compute()
+    nan = to_framework(np.full_like(h, np.nan), framework)
+    df = nc.deep_neural_collapse([x, nan], lab, check_finite=False)
+    topk = nc.deep_neural_collapse([x], lab, variant="topk")
+    names = list(df.columns[3:])
+    assert list(nc.deep_neural_collapse([nan], lab, check_finite=False).columns) == list(df.columns)
+    assert names == [k for k in got if k not in ("n_samples", "nc1_topk")]
+    for k in names:
+        if k.startswith("class_mean_rank"):
+            assert df[k][0] == int(got[k]) and df[k][1] == -1
+        else:
+            _close(df[k][0], float(got[k]), rtol=1e-10)
+            assert math.isnan(df[k][1])
+    _close(topk["nc1"][0], float(got["nc1_topk"]), rtol=1e-10)
+
+
 # ---- the streaming accumulator ------------------------------------------------------------------------
 
 

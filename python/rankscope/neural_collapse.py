@@ -83,9 +83,9 @@ class _Moments:
     ops: Ops
     counts: Any  # (K,) float64
     means: Any  # (K, d)
-    quad: Callable[[Any], Any]  # V (d, r) -> diag(Vᵀ Σ_W V), shape (r,)
-    tr_sw: Any  # tr Σ_W
-    var_c: Any  # (K,) V_c = (1/N_c) Σ_{y_i = c} ‖h_i − μ_c‖²
+    quad: Callable[[Any], Any] | None  # V (d, r) -> diag(Vᵀ Σ_W V), shape (r,); None: see _moments(within=)
+    tr_sw: Any  # tr Σ_W (None with quad)
+    var_c: Any  # (K,) V_c = (1/N_c) Σ_{y_i = c} ‖h_i − μ_c‖² (None with quad)
     eps: float  # eps of the dtype the features were stored in
     weighted: bool
     sw: Any = None  # Σ_W (d, d), when it was formed (the accumulator)
@@ -161,9 +161,13 @@ def _vector(b: Any, ops: Ops, K: int, what: str = "b") -> Any:
     return ops.here(v, vops, what)
 
 
-def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = None,
-             check_finite: bool = True) -> tuple[_Moments | None, Any, Any, Any]:
-    """(_Moments or None when the features hold NaN/Inf and check_finite is false, h, y, ops)."""
+def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = None, check_finite: bool = True,
+             *, within: bool) -> tuple[_Moments | None, Any, Any, Any]:
+    """(_Moments or None when the features hold NaN/Inf and check_finite is false, h, y, ops).
+
+    within=False leaves out Σ_W's statistics (quad, tr_sw, var_c are None) for the callers that read
+    only the class means: they come from the N × d deviations h − μ_y, which those callers would
+    otherwise allocate (twice N·d float64 at the peak) and never read."""
     h, ops, dtype = _features(H)
     K = _num_classes(num_classes)
     if W is not None:
@@ -180,6 +184,8 @@ def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = Non
     counts = ops.class_counts(y, K)
     _check_classes(ops.to_numpy(counts))
     means = ops.class_sums(h, y, K) / counts[:, None]
+    if not within:
+        return _Moments(ops, counts, means, None, None, None, eps_of(dtype), bool(weighted)), h, y, ops
     dev = h - means[y]
     n = h.shape[0]
     rowsq = xp.sum(dev * dev, axis=1)
@@ -294,6 +300,32 @@ def _rank(x: Any, ops: Ops, atol: float, rtol: float | None) -> Any:
     return r.to(ops.xp.int64) if ops.kind == "torch" else np.int64(r)
 
 
+_METRICS = ("nc1", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangularity", "nc2_etf_error", "class_mean_rank",
+            "class_mean_rank_centered")  # what _metrics gives (and nc1_topk after nc1 with topk=True)
+
+
+def _metrics(m: _Moments, atol: float, rtol: float | None, variant: str = "pinv", topk: bool = False) -> dict:
+    """The metrics of the class means and Σ_W that `deep_neural_collapse` (a row) and
+    `NeuralCollapse.compute` report, in the order of _METRICS: NC1 with `variant` (and "nc1_topk"
+    when `topk`), as 0-d float64 (ranks int64) arrays on the device."""
+    ops = m.ops
+    mt = m.centred_means()
+    eig = _sb_eig(m)
+    out = {"nc1": _nc1(m, variant, True, eig)}
+    if topk:
+        out["nc1_topk"] = _nc1(m, "topk", True, eig)
+    out.update(
+        nc1_quotient=ops.divide(m.tr_sw, _tr_sb(m)),
+        cdnv=_cdnv(m),
+        nc2_equinorm=_equinorm(mt, ops),
+        nc2_equiangularity=_equiangularity(mt, ops),
+        nc2_etf_error=_etf_error(mt, ops),
+        class_mean_rank=_rank(m.means, ops, atol, rtol),
+        class_mean_rank_centered=_rank(mt, ops, atol, rtol),
+    )
+    return out
+
+
 def _check_tols(atol: Any, rtol: Any) -> None:
     for name, v in (("atol", atol), ("rtol", rtol)):
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -302,12 +334,19 @@ def _check_tols(atol: Any, rtol: Any) -> None:
         raise ValueError("atol must be a number (default 1e-6)")
 
 
-def _agreements(h: Any, means: Any, w: Any, b: Any, ops: Ops) -> Any:
-    """Number of rows whose nearest class mean is the classifier's argmax (float64, on the device)."""
+def _ncc_centring(means: Any, ops: Ops) -> tuple[Any, Any, Any]:
+    """(centre, means − centre, their squared norms): what `_agreements` needs of the class means."""
     xp = ops.xp
     centre = xp.mean(means, axis=0)  # distances are translation invariant: centre to keep them accurate
     mc = means - centre
-    msq = xp.sum(mc * mc, axis=1)
+    return centre, mc, xp.sum(mc * mc, axis=1)
+
+
+def _agreements(h: Any, centring: tuple[Any, Any, Any], w: Any, b: Any, ops: Ops) -> Any:
+    """Number of rows whose nearest class mean is the classifier's argmax (float64, on the device);
+    `centring`: _ncc_centring(class means)."""
+    xp = ops.xp
+    centre, mc, msq = centring
     total = ops.scalar(0.0)
     for i in range(0, h.shape[0], _ROW_BLOCK):
         blk = h[i:i + _ROW_BLOCK]
@@ -363,7 +402,7 @@ def nc1(H: Any, labels: Any, *, variant: str = "pinv", weighted: bool = False, p
         Divide by K (default); False gives the notebook's tr(Σ_W Σ_B⁺).
     """
     _check_variant(variant, ("pinv", "topk"))
-    m, _, _, ops = _moments(H, labels, num_classes, weighted, check_finite=check_finite)
+    m, _, _, ops = _moments(H, labels, num_classes, weighted, check_finite=check_finite, within=True)
     if m is None:
         return _nan(ops)
     _need_two(m.K, "nc1")
@@ -376,7 +415,7 @@ def nc1_quotient(H: Any, labels: Any, *, weighted: bool = False, num_classes: in
 
     Parameters
     ----------""" + _ARGS
-    m, _, _, ops = _moments(H, labels, num_classes, weighted, check_finite=check_finite)
+    m, _, _, ops = _moments(H, labels, num_classes, weighted, check_finite=check_finite, within=True)
     if m is None:
         return _nan(ops)
     _need_two(m.K, "nc1_quotient")
@@ -389,7 +428,7 @@ def cdnv(H: Any, labels: Any, *, num_classes: int | None = None, check_finite: b
 
     Pairwise distances come from the Gram matrix of the centred class means (O(K² d), no K × K × d
     tensor). Parameters as for `nc1` (``weighted`` does not change CDNV)."""
-    m, _, _, ops = _moments(H, labels, num_classes, False, check_finite=check_finite)
+    m, _, _, ops = _moments(H, labels, num_classes, False, check_finite=check_finite, within=True)
     if m is None:
         return _nan(ops)
     _need_two(m.K, "cdnv")
@@ -412,7 +451,7 @@ def _nc2_rows(H, labels, on, W, weighted, num_classes, check_finite, what) -> tu
         return w, ops
     if H is None or labels is None:
         raise ValueError(f"{what}(on='means') needs H and labels")
-    m, _, _, ops = _moments(H, labels, num_classes, weighted, check_finite=check_finite)
+    m, _, _, ops = _moments(H, labels, num_classes, weighted, check_finite=check_finite, within=False)
     if m is None:
         return None, ops
     _need_two(m.K, what)
@@ -469,7 +508,7 @@ def nc3(H: Any, labels: Any, W: Any, *, variant: str = "papyan", weighted: bool 
         The last layer's weights, rows = classes, in the framework and on the device of H.
     """
     _check_variant(variant, ("papyan", "zhu"))
-    m, _, _, ops = _moments(H, labels, num_classes, weighted, W=W, check_finite=check_finite)
+    m, _, _, ops = _moments(H, labels, num_classes, weighted, W=W, check_finite=check_finite, within=False)
     if m is None:
         return _nan(ops)
     _need_two(m.K, "nc3")
@@ -489,12 +528,12 @@ def nc4(H: Any, labels: Any, W: Any, b: Any = None, *, bias: bool = True, num_cl
     ----------""" + _ARGS + """    W, b : array_like (K, d) and (K,)
         The last layer's weights and bias, in the framework and on the device of H.
     """
-    m, h, _, ops = _moments(H, labels, num_classes, False, W=W, check_finite=check_finite)
+    m, h, _, ops = _moments(H, labels, num_classes, False, W=W, check_finite=check_finite, within=False)
     if m is None:
         return _nan(ops)
     w = _matrix(W, ops, m.K, m.d)
     bb = _vector(b, ops, m.K) if (b is not None and bias) else None
-    return ops.out(1.0 - _agreements(h, m.means, w, bb, ops) / h.shape[0])
+    return ops.out(1.0 - _agreements(h, _ncc_centring(m.means, ops), w, bb, ops) / h.shape[0])
 
 
 def class_mean_rank(H: Any, labels: Any, *, center: bool = False, atol: float = 1e-6, rtol: float | None = None,
@@ -506,7 +545,7 @@ def class_mean_rank(H: Any, labels: Any, *, center: bool = False, atol: float = 
     (default none) is relative to the largest singular value. −1 for NaN features with
     check_finite=False."""
     _check_tols(atol, rtol)
-    m, _, _, ops = _moments(H, labels, num_classes, False, check_finite=check_finite)
+    m, _, _, ops = _moments(H, labels, num_classes, False, check_finite=check_finite, within=False)
     if m is None:
         return ops.out(ops.xp.tensor(-1, device=ops.device) if ops.kind == "torch" else np.int64(-1))
     x = m.centred_means() if center else m.means
@@ -567,25 +606,14 @@ def deep_neural_collapse(layers: Any, labels: Any, *, names: Any = None, weighte
     _check_tols(atol, rtol)
     rows = []
     for name, stage, x in _layer_items(layers, names):
-        m, h, _, ops = _moments(x, labels, num_classes, weighted, check_finite=check_finite)
+        m, h, _, _ = _moments(x, labels, num_classes, weighted, check_finite=check_finite, within=True)
         row = {"layer": name, "stage": stage, "d": int(h.shape[1])}
         if m is None:
-            row.update({k: math.nan for k in ("nc1", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangularity",
-                                               "nc2_etf_error")})
-            row.update(class_mean_rank=-1, class_mean_rank_centered=-1)
+            row.update({k: -1 if k.startswith("class_mean_rank") else math.nan for k in _METRICS})
         else:
             _need_two(m.K, "deep_neural_collapse")
-            mt = m.centred_means()
-            row.update(
-                nc1=float(_nc1(m, variant, True)),
-                nc1_quotient=float(ops.divide(m.tr_sw, _tr_sb(m))),
-                cdnv=float(_cdnv(m)),
-                nc2_equinorm=float(_equinorm(mt, ops)),
-                nc2_equiangularity=float(_equiangularity(mt, ops)),
-                nc2_etf_error=float(_etf_error(mt, ops)),
-                class_mean_rank=int(_rank(m.means, ops, float(atol), rtol)),
-                class_mean_rank_centered=int(_rank(mt, ops, float(atol), rtol)),
-            )
+            row.update({k: int(v) if k.startswith("class_mean_rank") else float(v)
+                        for k, v in _metrics(m, float(atol), rtol, variant).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -655,7 +683,7 @@ class NeuralCollapse:
         self._pass = 1
         self._eps = 0.0
         self._W = self._b = None
-        self._agree = None
+        self._agree = self._ncc = None
 
     @property
     def current_pass(self) -> int:
@@ -720,10 +748,11 @@ class NeuralCollapse:
             self._sw = self._sw + xp.swapaxes(dev, 0, 1) @ dev
             self._q = self._q + o.class_sums(xp.sum(dev * dev, axis=1)[:, None], y, self.K)[:, 0]
             if self._W is not None:
-                self._agree = self._agree + _agreements(h, self._means, self._W, self._b, o)
+                self._agree = self._agree + _agreements(h, self._ncc, self._W, self._b, o)
 
-    def _first_pass_means(self) -> Any:
-        _check_classes(self._ops.to_numpy(self._counts))
+    def _first_pass_means(self, counts_host: np.ndarray | None = None) -> Any:
+        """`counts_host`: the host copy of the counts when the caller has one (each copy synchronises)."""
+        _check_classes(self._ops.to_numpy(self._counts) if counts_host is None else counts_host)
         return self._shift + self._s1 / self._counts[:, None]
 
     def start_second_pass(self) -> None:
@@ -741,6 +770,7 @@ class NeuralCollapse:
         self._q = o.zeros(self.K)
         if self._W is not None:
             self._agree = o.scalar(0.0)
+            self._ncc = _ncc_centring(self._means, o)
         self._pass = 2
 
     def class_means(self) -> Any:
@@ -749,7 +779,8 @@ class NeuralCollapse:
             raise ValueError("no batch has been fed")
         return self._ops.out(self._means if self._pass == 2 else self._first_pass_means())
 
-    def _statistics(self) -> _Moments:
+    def _statistics(self) -> tuple[_Moments, np.ndarray]:
+        """(the moments, the class counts copied to the host: the one copy that compute() makes)."""
         o = self._ops
         if o is None:
             raise ValueError("no batch has been fed")
@@ -758,7 +789,7 @@ class NeuralCollapse:
         _check_classes(counts_host)
         n = float(counts_host.sum())
         if self.passes == 1:
-            means = self._first_pass_means()
+            means = self._first_pass_means(counts_host)
             delta = self._s1 / xp.sqrt(self._counts)[:, None]  # rows √N_c δ_c
             sw = (self._s2 - xp.swapaxes(delta, 0, 1) @ delta) / n
             q = self._q - xp.sum(delta * delta, axis=1)
@@ -778,11 +809,11 @@ class NeuralCollapse:
 
         var_c = xp.clip(q, 0.0, None) / self._counts
         return _Moments(o, self._counts, means, quad, xp.sum(var_c * self._counts) / n, var_c, self._eps,
-                        self.weighted, sw)
+                        self.weighted, sw), counts_host
 
     def within_class_covariance(self) -> Any:
         """Σ_W (d, d), float64, in the batches' framework and on their device."""
-        m = self._statistics()
+        m, _ = self._statistics()
         return m.ops.out(m.sw)
 
     def compute(self, W: Any = None, *, atol: float = 1e-6, rtol: float | None = None) -> dict:
@@ -796,23 +827,13 @@ class NeuralCollapse:
         batches' framework, on their device.
         """
         _check_tols(atol, rtol)
-        m = self._statistics()
+        m, counts_host = self._statistics()
         o = m.ops
         _need_two(self.K, "NeuralCollapse.compute")
+        n = float(counts_host.sum())
+        out = {"n_samples": round(n)}
+        out.update((k, o.out(v)) for k, v in _metrics(m, float(atol), rtol, "pinv", topk=True).items())
         mt = m.centred_means()
-        eig = _sb_eig(m)
-        out = {
-            "n_samples": round(float(o.to_numpy(self._counts).sum())),
-            "nc1": o.out(_nc1(m, "pinv", True, eig)),
-            "nc1_topk": o.out(_nc1(m, "topk", True, eig)),
-            "nc1_quotient": o.out(o.divide(m.tr_sw, _tr_sb(m))),
-            "cdnv": o.out(_cdnv(m)),
-            "nc2_equinorm": o.out(_equinorm(mt, o)),
-            "nc2_equiangularity": o.out(_equiangularity(mt, o)),
-            "nc2_etf_error": o.out(_etf_error(mt, o)),
-            "class_mean_rank": o.out(_rank(m.means, o, float(atol), rtol)),
-            "class_mean_rank_centered": o.out(_rank(mt, o, float(atol), rtol)),
-        }
         w = _matrix(W, o, self.K, self.d) if W is not None else self._W
         if w is not None:
             out.update(
@@ -823,5 +844,5 @@ class NeuralCollapse:
                 nc3_zhu=o.out(_nc3(w, mt, o, "zhu")),
             )
         if self._agree is not None:
-            out["nc4"] = o.out(1.0 - self._agree / float(o.to_numpy(self._counts).sum()))
+            out["nc4"] = o.out(1.0 - self._agree / n)
         return out
