@@ -18,6 +18,9 @@ import numpy as np
 
 from ._arrays import is_cupy, is_torch, prepare
 
+# Rows sorted at once by class_sums on the host (the sorted copy is one block, not the whole input).
+_CLASS_SUM_BLOCK_BYTES = 32 << 20
+
 _TORCH_FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -109,11 +112,13 @@ class Ops:
         if self.kind == "torch":
             return self.zeros((k, h.shape[1])).index_add_(0, y, h)
         out = np.zeros((k, h.shape[1]))
-        if h.shape[0]:
-            order = np.argsort(y, kind="stable")
-            ys = y[order]
+        rows = max(1, _CLASS_SUM_BLOCK_BYTES // (8 * max(1, h.shape[1])))
+        for r0 in range(0, h.shape[0], rows):
+            hb, yb = h[r0:r0 + rows], y[r0:r0 + rows]
+            order = np.argsort(yb, kind="stable")
+            ys = yb[order]
             starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
-            out[ys[starts]] = np.add.reduceat(h[order], starts, axis=0)
+            out[ys[starts]] += np.add.reduceat(hb[order], starts, axis=0)
         return out
 
     def count(self, mask: Any, axis: Any = None) -> Any:
