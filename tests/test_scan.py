@@ -315,6 +315,25 @@ def test_resume_skips_finished_files(tmp_path, rng, monkeypatch):
     assert len(rs.scan.ScanReport.read(out).scanned) == 7
 
 
+def test_report_formats_by_suffix(tmp_path, rng):
+    """save(), read() and scan(out=) take the same suffixes, case-insensitively, and refuse others alike."""
+    pytest.importorskip("pyarrow")
+    rep = rs.scan(_mixed_model(rng), progress=False)
+    for name in ("r.pq", "R.CSV", "r.Json"):
+        rep.save(tmp_path / name)
+        assert list(rs.scan.ScanReport.read(tmp_path / name).layers["name"]) == list(rep.layers["name"])
+    rs.scan(_mixed_model(rng), out=str(tmp_path / "out.PQ"), progress=False)
+    assert len(rs.scan.ScanReport.read(tmp_path / "out.PQ").scanned) == len(rep.scanned)
+    msg = "cannot tell the report format from '.*r.xlsx': use .csv, .parquet or .json"
+    with pytest.raises(ValueError, match="^" + msg):
+        rep.save(tmp_path / "r.xlsx")
+    with pytest.raises(ValueError, match="^" + msg):
+        rs.scan.ScanReport.read(tmp_path / "r.xlsx")
+    with pytest.raises(ValueError, match="^out: " + msg):
+        rs.scan({"w": np.eye(3)}, out=tmp_path / "r.xlsx")
+    assert not (tmp_path / "r.xlsx").exists()
+
+
 def test_delta_scan(tmp_path, rng):
     base = {"a": rng.standard_normal((30, 20)).astype(np.float32), "b": rng.standard_normal((20, 20)).astype(np.float32),
             "only_base": rng.standard_normal((5, 5)).astype(np.float32)}

@@ -16,7 +16,7 @@ import time
 import types
 from typing import Any
 
-from .report import ScanReport, file_key, layer_frame, merge, previous_report
+from .report import ScanReport, file_key, layer_frame, merge, previous_report, report_format
 from .runner import ScanOptions, run
 from .sources import ModelSource, SourceError, TensorInfo, open_sources
 
@@ -138,13 +138,7 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
         if given:
             raise ValueError(f"{', '.join(given)}: only for scans on Ray (ray=True or an address)")
     if out is not None:  # a bad report path or a missing writer fails now, not after the first window
-        ext = os.path.splitext(os.fspath(out))[1].lower()
-        if ext not in (".csv", ".parquet", ".pq", ".json"):
-            raise ValueError(f"out: cannot tell the report format from {os.fspath(out)!r}: use .csv, .parquet or .json")
-        if ext in (".parquet", ".pq"):
-            from .sources import optional_import
-
-            optional_import("pyarrow", "parquet")
+        report_format(os.fspath(out), "out").require()
     if ray is not None and ray is not False:
         from .distributed import scan_on_ray  # imports ray; the single-machine scan never does
 

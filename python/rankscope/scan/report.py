@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,9 +116,7 @@ class ScanReport:
 
     def to_parquet(self, path: str | os.PathLike, **kw) -> None:
         """The layer table as Parquet (needs pyarrow: pip install "rankscope[parquet]")."""
-        from .sources import optional_import
-
-        optional_import("pyarrow", "parquet")
+        _PARQUET.require()
         _atomic(path, lambda p: _parquet_frame(self.layers).to_parquet(p, index=False, **kw))
 
     def records(self) -> list[dict]:
@@ -133,31 +131,12 @@ class ScanReport:
 
     def save(self, path: str | os.PathLike) -> None:
         """to_csv, to_parquet or to_json by the file's extension (.csv, .parquet, .json)."""
-        ext = os.path.splitext(str(path))[1].lower()
-        if ext == ".csv":
-            self.to_csv(path)
-        elif ext in (".parquet", ".pq"):
-            self.to_parquet(path)
-        elif ext == ".json":
-            self.to_json(path)
-        else:
-            raise ValueError(f"cannot tell the report format from {str(path)!r}: use .csv, .parquet or .json")
+        getattr(self, report_format(str(path)).write)(path)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ScanReport:
         """A report written by save() (CSV, Parquet or JSON), without the eigenvalues."""
-        ext = os.path.splitext(str(path))[1].lower()
-        if ext == ".csv":
-            df = pd.read_csv(path, keep_default_na=True)
-        elif ext in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        elif ext == ".json":
-            with open(path) as f:
-                doc = json.load(f)
-            df = pd.DataFrame(doc["layers"] if isinstance(doc, dict) else doc)
-        else:
-            raise ValueError(f"cannot tell the report format from {str(path)!r}: use .csv, .parquet or .json")
-        return cls(normalize(df))
+        return cls(normalize(report_format(str(path)).read(path)))
 
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -284,3 +263,42 @@ def _atomic(path: str | os.PathLike, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@dataclass(frozen=True)
+class ReportFormat:
+    """One report file format: the ScanReport method that writes it, the reader of its layer
+    table, and the optional (module, extra) the writer needs."""
+
+    write: str
+    read: Callable[[str | os.PathLike], pd.DataFrame]
+    needs: tuple[str, str] | None = None
+
+    def require(self) -> None:
+        """Raise the ImportError naming the extra when the writer's optional module is missing."""
+        if self.needs is not None:
+            from .sources import optional_import
+
+            optional_import(*self.needs)
+
+
+def _read_json(path: str | os.PathLike) -> pd.DataFrame:
+    with open(path) as f:
+        doc = json.load(f)
+    return pd.DataFrame(doc["layers"] if isinstance(doc, dict) else doc)
+
+
+_PARQUET = ReportFormat("to_parquet", lambda p: pd.read_parquet(p), ("pyarrow", "parquet"))
+#: Report formats by lower-case file suffix: save(), read() and scan(out=) all look them up here.
+FORMATS = {".csv": ReportFormat("to_csv", lambda p: pd.read_csv(p, keep_default_na=True)),
+           ".parquet": _PARQUET, ".pq": _PARQUET, ".json": ReportFormat("to_json", _read_json)}
+
+
+def report_format(path: str, argument: str | None = None) -> ReportFormat:
+    """The format of a report file by its suffix, or ValueError (prefixed with `argument`, the
+    parameter that gave the path, when there is one)."""
+    fmt = FORMATS.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        where = f"{argument}: " if argument else ""
+        raise ValueError(f"{where}cannot tell the report format from {path!r}: use .csv, .parquet or .json")
+    return fmt
