@@ -315,6 +315,42 @@ def test_resume_skips_finished_files(tmp_path, rng, monkeypatch):
     assert len(rs.scan.ScanReport.read(out).scanned) == 7
 
 
+def test_interrupted_scan_keeps_finished_windows(tmp_path, rng, monkeypatch):
+    """A single-machine scan stopped half-way: the report at `out` holds the windows that finished,
+    and resuming from it scans only the other models, to the rows of a whole scan."""
+    files = _zoo(tmp_path, rng)  # broken, m0, m1, m2: an error row, then one model per window
+    out = tmp_path / "report.json"
+    from rankscope.scan import sources
+
+    real = sources.open_sources
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_m2(*a, **k):
+        for s in real(*a, **k):
+            if s.name == "m2":  # m1 is listed: m0's window has run, m1's has not
+                raise Stop
+            yield s
+
+    monkeypatch.setattr("rankscope.scan.open_sources", stop_at_m2)
+    with pytest.raises(Stop):
+        rs.scan(str(tmp_path / "zoo"), out=str(out), window_mb=1e-3, progress=False)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".report.json.tmp")]
+    partial = rs.scan.ScanReport.read(out).layers
+    assert set(partial["model"]) == {"broken", "m0"} and (partial["status"] != "error").sum() == 3
+    monkeypatch.setattr("rankscope.scan.open_sources", real)
+    got = rs.scan(str(tmp_path / "zoo"), out=str(out), window_mb=1e-3, progress=False)
+    assert {m for m, _ in got.evals} == {"m1", "m2"}  # m0 kept from the file; broken tried again
+    assert list(got.layers["model"].unique()) == ["m0", "broken", "m1", "m2"]  # kept rows first
+    key = ["model", "name"]
+    a = got.layers.sort_values(key).reset_index(drop=True)
+    b = rs.scan(files, progress=False).layers.sort_values(key).reset_index(drop=True)
+    num = ["N", "M", "sv_max", "sv_min", "alpha", "rank_loss", "stable_rank"]
+    pd.testing.assert_frame_equal(a[num].astype(float), b[num].astype(float), rtol=1e-12)
+    assert a[key].equals(b[key]) and list(a["status"]) == list(b["status"])
+
+
 def test_report_formats_by_suffix(tmp_path, rng):
     """save(), read() and scan(out=) take the same suffixes, case-insensitively, and refuse others alike."""
     pytest.importorskip("pyarrow")

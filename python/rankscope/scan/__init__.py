@@ -16,7 +16,7 @@ import time
 import types
 from typing import Any
 
-from .report import ScanReport, file_key, layer_frame, merge, previous_report, report_format
+from .report import Resume, ScanReport, layer_frame, report_format
 from .runner import ScanOptions, run
 from .sources import ModelSource, SourceError, TensorInfo, open_sources
 
@@ -146,38 +146,27 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
                            progress=progress, name=name, max_retries=max_retries, num_cpus=num_cpus,
                            num_gpus=num_gpus)
     t0 = time.perf_counter()
-    previous, done = previous_report(out, resume)
+    resumed = Resume(out, resume)
     base_tensors = _base_tensors(base) if base is not None else None
 
     frames: list = []
     evals: dict = {}
-    rescanned: set[str] = set()  # paths scanned again: their old rows are replaced
     options = _options(opts, base)
-
-    def merged():
-        old = previous[~previous["path"].isin(rescanned)] if len(previous) else previous
-        return merge([old, *frames])
 
     def on_window(rows: list[dict], ev: dict) -> None:
         frames.append(layer_frame(rows))
         evals.update(ev)
-        if out is not None:
-            ScanReport(merged(), options=options).save(out)
-
-    seen: dict[str, int] = {}
+        resumed.save(frames, options)
 
     def models():
         for src in open_sources(source, name=name):
-            key = file_key(getattr(src, "path", None), getattr(src, "size", None), getattr(src, "mtime", None))
-            if key is not None and key in done and hasattr(src, "tensors"):
+            # a SourceError has no size or mtime: never skipped
+            as_name = resumed.admit(src.name, getattr(src, "path", None), getattr(src, "size", None),
+                                    getattr(src, "mtime", None))
+            if as_name is None:
                 src.close()
                 continue
-            if getattr(src, "path", None):
-                rescanned.add(str(src.path))
-            n = seen.get(src.name, 0)
-            seen[src.name] = n + 1
-            if n:  # two in-memory models of one name: keep rows apart
-                src.name = f"{src.name}#{n + 1}"
+            src.name = as_name
             yield src
 
     try:
@@ -185,10 +174,7 @@ def scan(source: Any, *, base: Any = None, device: str = "auto", conv: str = "sl
     finally:
         if base_tensors is not None:
             base_tensors.close()
-    report = ScanReport(merged(), evals=evals, options=options, seconds=time.perf_counter() - t0)
-    if out is not None and not frames:  # every window has saved the report; nothing ran: write it once
-        report.save(out)
-    return report
+    return resumed.report(frames, evals=evals, options=options, seconds=time.perf_counter() - t0)
 
 
 class _BaseTensors(dict):

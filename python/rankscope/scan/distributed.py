@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from .report import ScanReport, file_key, layer_frame, merge, previous_report
+from .report import Resume, ScanReport, layer_frame
 from .runner import ScanOptions, _error_row
 from .sources import SourceError, optional_import
 
@@ -170,7 +170,7 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    previous, done = previous_report(out, resume)
+    resumed = Resume(out, resume)
 
     started = _connect(ray_mod, address)
     jobs: dict = {}  # ObjectRef -> (index, model record)
@@ -190,31 +190,20 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
             raise _unwrap(e) from None
 
         evals: dict = {}
-        rescanned: set[str] = set()
-        seen: dict[str, int] = {}
         for i, entry in enumerate(entries):
-            kind, model, path = entry[0], entry[1], entry[2]
-            if kind == "model" and file_key(path, entry[3], entry[4]) in done:
+            kind, path = entry[0], entry[2]
+            size, mtime = entry[3:5] if kind == "model" else (None, None)
+            model = resumed.admit(entry[1], path, size, mtime)
+            if model is None:
                 continue
-            if path:
-                rescanned.add(str(path))
-            n = seen.get(model, 0)
-            seen[model] = n + 1
-            if n:  # two models of one name (two lists items with the same stem): as the scanner names them
-                model = f"{model}#{n + 1}"
             if kind == "error":
                 frames[i] = layer_frame([_error_row(SourceError(model, path, entry[3]), "", entry[3])])
                 continue
-            rec = types.SimpleNamespace(name=model, path=path, size=entry[3], mtime=entry[4])
+            rec = types.SimpleNamespace(name=model, path=path, size=size, mtime=mtime)
             jobs[scan_task.remote(entry[5], model, task_opts, base_path, threads)] = (i, rec)
 
-        def merged() -> pd.DataFrame:
-            old = previous[~previous["path"].isin(rescanned)] if len(previous) else previous
-            return merge([old, *(frames[i] for i in sorted(frames))])
-
-        def save() -> None:
-            if out is not None:
-                ScanReport(merged(), options=options).save(out)
+        def done_frames() -> list[pd.DataFrame]:
+            return [frames[i] for i in sorted(frames)]
 
         bar = tqdm(total=len(jobs), unit="model", disable=(not progress) if progress is not None else None,
                    dynamic_ncols=True, desc="scan (ray)")
@@ -237,7 +226,7 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
                     scanned += int(layers["status"].isin(("success", "failed")).sum())
                 bar.update(len(ready))
                 bar.set_postfix_str(f"{scanned / max(time.perf_counter() - t0, 1e-9):.1f} layers/s", refresh=False)
-                save()
+                resumed.save(done_frames(), options)
         finally:
             bar.close()
     except BaseException:
@@ -248,10 +237,7 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
     finally:
         if started:
             ray_mod.shutdown()
-    report = ScanReport(merged(), evals=evals, options=options, seconds=time.perf_counter() - t0)
-    if out is not None:
-        report.save(out)
-    return report
+    return resumed.report(done_frames(), evals=evals, options=options, seconds=time.perf_counter() - t0)
 
 
 def _connect(ray_mod, address: str | None) -> bool:

@@ -195,13 +195,58 @@ def resume_keys(layers: pd.DataFrame) -> set[tuple[str, int, float]]:
     return keys
 
 
-def previous_report(out: str | None, resume: bool) -> tuple[pd.DataFrame, set]:
-    """The layer rows of the report a resumed scan extends, and the (path, size, mtime) keys of the
-    files it already holds (an empty table and set when there is none or `resume` is off)."""
-    if out is not None and resume and os.path.exists(out):
-        previous = ScanReport.read(out).layers
-        return previous, resume_keys(previous)
-    return layer_frame([]), set()
+class Resume:
+    """How a scan's rows join those of the report it extends at `out`, for the single-machine scan
+    and the Ray driver alike: which models to skip, the models' names, the merged table, its writes.
+
+    With `resume` and a report at `out`, its rows are read and the files it holds (same path, size
+    and modification time; files that failed are tried again) are skipped. Each model the scan
+    lists goes through :meth:`admit`, in order; :meth:`save` rewrites the report at `out`
+    (atomically) with what finished so far, :meth:`report` gives the final one.
+    """
+
+    def __init__(self, out: str | os.PathLike | None, resume: bool):
+        self.out = out
+        read = out is not None and resume and os.path.exists(out)
+        self.previous = ScanReport.read(out).layers if read else layer_frame([])
+        self.done = resume_keys(self.previous)
+        self.saved = False
+        self._rescanned: set[str] = set()  # paths scanned again: their old rows are replaced
+        self._seen: dict[str, int] = {}
+
+    def admit(self, name: str, path: str | None, size: int | None, mtime: float | None) -> str | None:
+        """None when the report holds this model's file already (skip it); else the model's name in
+        this scan: `name`, or ``name#2``, ``name#3``, ... for later models of the same name (two
+        in-memory models, two listed files of one stem). A file that could not be opened has no
+        size or mtime, so it is never skipped. The old rows of an admitted path are dropped."""
+        if file_key(path, size, mtime) in self.done:
+            return None
+        if path:
+            self._rescanned.add(str(path))
+        n = self._seen.get(name, 0)
+        self._seen[name] = n + 1
+        return f"{name}#{n + 1}" if n else name
+
+    def merged(self, frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+        """The report's layer table: the rows kept from the previous report, then `frames` in order."""
+        old = self.previous
+        if len(old):
+            old = old[~old["path"].isin(self._rescanned)]
+        return merge([old, *frames])
+
+    def save(self, frames: Iterable[pd.DataFrame], options: dict) -> None:
+        """Rewrite the report at `out` (if any) with the rows finished so far."""
+        if self.out is not None:
+            ScanReport(self.merged(frames), options=options).save(self.out)
+            self.saved = True
+
+    def report(self, frames: Iterable[pd.DataFrame], *, evals: dict, options: dict, seconds: float) -> ScanReport:
+        """The final report; written to `out` unless :meth:`save` has written these rows already
+        (the caller saves after every change, so the last save holds them)."""
+        report = ScanReport(self.merged(frames), evals=evals, options=options, seconds=seconds)
+        if self.out is not None and not self.saved:
+            report.save(self.out)
+        return report
 
 
 def file_key(path: str | None, size: int | None, mtime: float | None) -> tuple[str, int, float] | None:
