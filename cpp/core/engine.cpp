@@ -135,6 +135,16 @@ void eig_to_sv(double* w, int64_t k, double scale) {
   for (int64_t i = 0; i < k; ++i) w[i] = std::sqrt(std::max(w[i], 0.0)) / scale;
 }
 
+// Lane l of kLanes interleaved eigenvalue sets d (a Gram's, scaled by scale²) → descending singular
+// values in `out`, through k doubles of scratch w. Returns kOk.
+int8_t write_lane(const double* d, int l, int64_t k, double scale, double* w, const VectorOut& out) {
+  for (int64_t i = 0; i < k; ++i) w[i] = d[i * compact::kLanes + l];
+  std::sort(w, w + k);
+  eig_to_sv(w, k, scale);
+  write_values(out, w, k);
+  return kOk;
+}
+
 // ---- routes ---------------------------------------------------------------------------------------
 
 int8_t run_exact(const MatrixRef& a, const VectorOut& out) {
@@ -199,15 +209,8 @@ void gram_eigvals(const MatrixRef* mats, const VectorOut* outs, int8_t* status, 
       if (i + 1 < k) e[i * W + l] = tri[l][k + i];
     }
   const unsigned failed = compact::tridiag_eigvals(d, e, static_cast<int>(k));
-  for (int l = 0; l < count; ++l) {
-    if (failed >> l & 1u) continue;
-    double* w = tri[l];  // the lane's own d is spent: its values go there
-    for (int64_t i = 0; i < k; ++i) w[i] = d[i * W + l];
-    std::sort(w, w + k);
-    eig_to_sv(w, k, scale[l]);
-    write_values(outs[l], w, k);
-    status[l] = kOk;
-  }
+  for (int l = 0; l < count; ++l)
+    if (!(failed >> l & 1u)) status[l] = write_lane(d, l, k, scale[l], tri[l], outs[l]);  // tri[l] is spent
   // No convergence in the lock-step QL/QR: LAPACK's SVD instead (after the other lanes were read:
   // run_exact reuses this thread's scratch).
   for (int l = 0; l < count; ++l)
@@ -250,11 +253,7 @@ void run_compact(const MatrixRef* mats, const VectorOut* outs, int8_t* status, i
       write_nan(outs[l], k);
       status[l] = kNonFinite;
     } else if (!(failed >> l & 1u)) {
-      for (int64_t i = 0; i < k; ++i) w[i] = d[i * W + l];
-      std::sort(w, w + k);
-      eig_to_sv(w, k, scale[l]);
-      write_values(outs[l], w, k);
-      status[l] = kOk;
+      status[l] = write_lane(d, l, k, scale[l], w, outs[l]);
     }
   }
   // No convergence in the lock-step QL/QR: LAPACK's SVD instead, once every other lane is read
