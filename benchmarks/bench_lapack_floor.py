@@ -23,7 +23,6 @@ import datetime
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_scan import _machine
+from bench_scan import _machine, write_results
 
 _L = ctypes.c_size_t(1)  # the hidden length of a Fortran character argument
 
@@ -165,11 +164,7 @@ def main(argv=None) -> int:
         "weightwatcher_gesdd_part_s": k * (1 / rate["dgesdd"]),
     }
     print(json.dumps(res, indent=1))
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"lapack-floor-{platform.node() or 'host'}-{res['date']}.json")
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1)
-    print(f"written {out}")
+    write_results(res, "lapack-floor", args.out)
     return 0
 
 

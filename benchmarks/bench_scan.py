@@ -43,6 +43,16 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
+def write_results(results: dict, kind: str, out: str | None = None) -> str:
+    """Writes `results` as JSON to `out`, default benchmarks/results/<kind>-<host>-<date>.json; returns the path."""
+    out = out or os.path.join(os.path.dirname(__file__), "results",
+                              f"{kind}-{platform.node() or 'host'}-{results['date']}.json")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"written {out}")
+    return out
+
+
 def _flops(report) -> float:
     """float64 flops of the Gram route for every scanned matrix: m·n·k (SYRK, k = min side) + 4/3 k³."""
     total = 0.0
@@ -198,11 +208,7 @@ def main(argv=None) -> int:
         r["floor_s"] = r["flops_f64"] / results["dgemm_f64_flops_per_s"]
         results["cases"].append(r)
         print(json.dumps(r), flush=True)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"scan-{platform.node() or 'host'}-{results['date']}.json")
-    with open(out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"written {out}")
+    write_results(results, "scan", args.out)
     return 0
 
 
