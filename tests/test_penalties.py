@@ -338,6 +338,47 @@ def test_gradcheck(rng, path, shape):
     torch.autograd.gradcheck(lambda a: rt.covariance_loss(a, reduction="none"), (z1,))
 
 
+ONCE_DIFFERENTIABLE = {
+    "vicreg_loss": lambda a, b: rt.vicreg_loss(a, b).loss,
+    "barlow_twins_loss": rt.barlow_twins_loss,
+    "variance_loss": lambda a, b: rt.variance_loss(a),
+    "covariance_loss": lambda a, b: rt.covariance_loss(a),
+}
+
+
+@pytest.mark.parametrize("path", ["torch", "torch-ops"], indirect=True)
+@pytest.mark.parametrize("name", list(ONCE_DIFFERENTIABLE))
+def test_double_backward_raises(rng, path, name):
+    # once_differentiable alone let this through (the incoming gradient does not require grad)
+    # and the second backward treated the first-order gradient as a constant: wrong numbers
+    f = ONCE_DIFFERENTIABLE[name]
+    z1, z2 = (torch.tensor(0.4 * z, requires_grad=True) for z in branches(rng, (6, 5), offset=0.5))
+    w = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=f"{name}: double backward \\(create_graph=True\\)"):
+        (g,) = torch.autograd.grad(f(z1 * w, z2), z1, create_graph=True)
+        g.square().sum().backward()
+    torch.autograd.gradcheck(f, (z1, z2))  # first order still fine
+    (g,) = torch.autograd.grad(f(z1 * w, z2), z1)  # and create_graph=False is
+    assert not g.requires_grad
+
+
+@pytest.mark.parametrize("path", ["torch", "torch-ops"], indirect=True)
+def test_invariance_double_backward(rng, path):
+    # its backward is linear torch ops, so second-order gradients are right (F.mse_loss's)
+    z1, z2 = (torch.tensor(z, requires_grad=True) for z in branches(rng, (2, 6, 5)))
+    w = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    got = []
+    for f in (lambda a, b: rt.invariance_loss(a, b), F.mse_loss):
+        g1, g2 = torch.autograd.grad(f(z1 * w, z2), (z1, z2), create_graph=True)
+        (g1.square().sum() + (g2 * z2).sum()).backward()
+        got.append([t.grad.clone() for t in (w, z1, z2)])
+        for t in (w, z1, z2):
+            t.grad = None
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.autograd.gradgradcheck(lambda a, b: rt.invariance_loss(a, b), (z1, z2))
+
+
 # ---- inputs: layouts, dtypes, the input left alone -----------------------------------------------
 
 

@@ -5,8 +5,11 @@ Each loss is a `torch.autograd.Function` whose backward is the closed form of ME
 (d cov/dZ = 4/(d(N−1)) · Zc · C_off, d var/dZ = −h/(d(N−1)) · Zc · diag(1[s_j < γ]/s_j),
 d inv/dx = 2(x − y)/(N d); Barlow Twins through its batch norm), so autograd records no d × d tape:
 one product is formed in the forward pass (the d × d covariance, or the N × N Gram matrix of the
-centred batch when d is large) and one in the backward pass. Backward passes are once
-differentiable (no double backward).
+centred batch when d is large) and one in the backward pass. These backward passes are once
+differentiable: double backward (``torch.autograd.grad(..., create_graph=True)``, e.g. for a
+gradient penalty) raises RuntimeError rather than giving wrong second-order gradients; write the
+loss in plain torch ops for that. `invariance_loss` alone supports double backward (its backward
+is linear and runs in torch ops).
 
 Where it runs:
 
@@ -28,11 +31,11 @@ float64 for float64 inputs and float32 otherwise.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import _penalties as P
 
@@ -59,6 +62,30 @@ def _use_core(z: torch.Tensor) -> bool:
 
 def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
+
+
+def _first_order_only(backward):
+    """A closed-form backward run under no_grad, refusing double backward.
+
+    `once_differentiable` raises only when an incoming gradient requires grad, so
+    ``torch.autograd.grad(loss, z, create_graph=True)`` followed by a second backward would
+    silently treat the first-order gradient as a constant (wrong second-order gradients). Grad
+    mode is on inside a backward exactly when it runs with create_graph=True: refuse that.
+    """
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grad_outputs):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"rankscope.torch.{ctx.fn}: double backward (create_graph=True) is not supported: "
+                "its backward is a closed form, differentiable once. For second-order gradients "
+                "(e.g. a gradient penalty) write the loss in plain torch ops "
+                "(rankscope.torch.invariance_loss does support double backward)"
+            )
+        with torch.no_grad():
+            return backward(ctx, *grad_outputs)
+
+    return wrapper
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -210,10 +237,11 @@ class _VICRegTerms(torch.autograd.Function):
     branch), var (B, R) = mean_j relu(γ − s_j) (not halved), cov (B, R) = Σ_{i≠j} C_ij² / d."""
 
     @staticmethod
-    def forward(ctx, gamma, eps, with_cov, check_finite, *zs):
+    def forward(ctx, fn, gamma, eps, with_cov, check_finite, *zs):
         shape = tuple(zs[0].shape)
         batch, (n, d), b = shape[:-2], shape[-2:], P.batch_size(shape)
-        need = any(ctx.needs_input_grad[4:])
+        need = any(ctx.needs_input_grad[5:])
+        ctx.fn = fn
         names = ("z1", "z2") if len(zs) == 2 else ("z",)
         side, work, _ = P.plan(_dtype_name(zs[0]), n, d)
         ctx.params = (gamma, eps, side, getattr(torch, work))
@@ -241,7 +269,7 @@ class _VICRegTerms(torch.autograd.Function):
         return inv, var, cov
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, g_inv, g_var, g_cov):
         zs = ctx.saved_tensors
         gamma, eps, side, work = ctx.params
@@ -257,14 +285,15 @@ class _VICRegTerms(torch.autograd.Function):
             grads = _vicreg_device_backward(
                 zs, gamma, eps, side, work, ctx.saved, g_inv, g_var, g_cov
             )
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 # ---- invariance ----------------------------------------------------------------------------------
 
 
 class _InvarianceTerm(torch.autograd.Function):
-    """mean((z1 − z2)²) per batch element (B,) float64."""
+    """mean((z1 − z2)²) per batch element (B,) float64. Its backward is linear torch ops, recorded
+    by autograd under create_graph=True, so it supports double backward."""
 
     @staticmethod
     def forward(ctx, check_finite, z1, z2):
@@ -280,7 +309,6 @@ class _InvarianceTerm(torch.autograd.Function):
         return inv
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g):
         z1, z2 = ctx.saved_tensors
         n, d = z1.shape[-2:]
@@ -343,6 +371,7 @@ class _BarlowTerms(torch.autograd.Function):
         shape = tuple(z1.shape)
         n, d = shape[-2:]
         need = any(ctx.needs_input_grad[2:])
+        ctx.fn = "barlow_twins_loss"
         side, work, _ = P.plan(_dtype_name(z1), n, d)
         ctx.params = (eps, side, getattr(torch, work))
         if _use_core(z1):
@@ -362,7 +391,7 @@ class _BarlowTerms(torch.autograd.Function):
         return on, off
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, g_on, g_off):
         z1, z2 = ctx.saved_tensors
         eps, side, work = ctx.params
@@ -416,7 +445,7 @@ def vicreg_loss(
         for k, v in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff))
     )
     x, y = _pair(z1, z2, "vicreg_loss")
-    inv, var, cov = _VICRegTerms.apply(g, e, True, bool(check_finite), x, y)
+    inv, var, cov = _VICRegTerms.apply("vicreg_loss", g, e, True, bool(check_finite), x, y)
     terms = P.vicreg_combine(inv, var, cov, halve_variance, a_sim, a_std, a_cov)
     batch = tuple(x.shape[:-2])
     return VICRegLoss(*(_finish(t, batch, red, x.dtype) for t in terms))
@@ -441,7 +470,7 @@ def variance_loss(z, *, gamma=1.0, eps=1e-4, reduction="mean", check_finite=True
     red = P.check_reduction(reduction)
     g, e = P.check_real("gamma", gamma), P.check_real("eps", eps, nonneg=True)
     x = _one(z, "variance_loss")
-    _, var, _ = _VICRegTerms.apply(g, e, False, bool(check_finite), x)
+    _, var, _ = _VICRegTerms.apply("variance_loss", g, e, False, bool(check_finite), x)
     return _finish(var[:, 0], tuple(x.shape[:-2]), red, x.dtype)
 
 
@@ -449,7 +478,7 @@ def covariance_loss(z, *, reduction="mean", check_finite=True) -> torch.Tensor:
     """VICReg's covariance term of one branch, Σ_{i≠j} C_ij² / d with C = Zcᵀ Zc / (N − 1)."""
     red = P.check_reduction(reduction)
     x = _one(z, "covariance_loss")
-    _, _, cov = _VICRegTerms.apply(1.0, 1e-4, True, bool(check_finite), x)
+    _, _, cov = _VICRegTerms.apply("covariance_loss", 1.0, 1e-4, True, bool(check_finite), x)
     return _finish(cov[:, 0], tuple(x.shape[:-2]), red, x.dtype)
 
 
