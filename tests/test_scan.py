@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -248,6 +249,33 @@ def test_nonfinite_tensor_is_reported(rng):
     assert rows["bad"]["status"] == "failed" and "non-finite" in rows["bad"]["warning"]
     assert rows["ok"]["status"] == "success"
 
+
+
+def test_tensor_the_engine_refuses_stays_its_own_error(rng):
+    """A tensor the engine cannot read (sparse, meta) fails alone, not the chunk it shares with good
+    tensors of other models; torch float8 weights are widened and scanned; torch's quantised
+    integers and numpy's longdouble are skipped with their dtype as the reason."""
+    good = {"w": rng.standard_normal((8, 8))}
+    ref = rs.scan([good], progress=False).layers.iloc[0]
+    f8 = torch.from_numpy(rng.standard_normal((6, 5)).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates its quantised tensors
+        q = torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8)
+    cases = {"sparse": ({"sp": torch.randn(4, 4).to_sparse()}, "error"),
+             "meta": ({"me": torch.empty(4, 4, device="meta")}, "error"),
+             "float8": ({"f8": f8.to(torch.float8_e4m3fn)}, "success"),
+             "qint8": ({"q": q}, "skipped"),
+             "longdouble": ({"ld": rng.standard_normal((4, 4)).astype(np.longdouble)}, "skipped")}
+    for case, (bad, status) in cases.items():
+        rep = rs.scan([good, bad], progress=False)
+        rows = rep.layers
+        assert list(rows["status"]) == ["success", status], case
+        assert rows.iloc[0]["sv_max"] == ref["sv_max"] and rows.iloc[0]["alpha"] == ref["alpha"], case
+        if status == "skipped":
+            assert str(bad[next(iter(bad))].dtype).removeprefix("torch.") in rows.iloc[1]["warning"], case
+        if case == "float8":
+            s = np.linalg.svd(f8.to(torch.float8_e4m3fn).float().numpy().astype(np.float64), compute_uv=False)
+            assert rows.iloc[1]["sv_max"] == pytest.approx(s[0], rel=1e-6)
 
 # ---- zoo, errors, resume, files ---------------------------------------------------------------------
 

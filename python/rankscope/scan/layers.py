@@ -61,6 +61,14 @@ def _matrix(kind: str, info, name: str, rows: int, cols: int, cut, count: int = 
                  part=part, info=info)
 
 
+def scannable_dtype(dtype: str) -> bool:
+    """Whether a stored dtype holds float weights the readers decode: numpy/torch float names
+    (float8 formats included, widened to float32) or GGUF's quantised types (upper-case names such as
+    "Q8_0", "IQ2_XS", dequantised). Not torch's quantised integers ("qint8"), numpy's longdouble
+    ("float128"), integers or bool."""
+    return dtype in FLOAT_DTYPES or dtype.startswith("float8") or dtype[:1].isupper()
+
+
 def _skipped(info, reason: str) -> Layer:
     return Layer(name=info.name, tensor=info.name, kind="skipped", shape=tuple(info.shape), dtype=info.dtype,
                  skip=reason)
@@ -80,7 +88,7 @@ def plan_tensor(info, *, conv: str = "slices", split_qkv: bool = False) -> list[
     """The layers one tensor contributes (one, or several for experts and split QKV; skipped ones too)."""
     shape = tuple(int(d) for d in info.shape)
     dt = info.dtype
-    if dt not in FLOAT_DTYPES and not dt.upper().startswith(("Q", "IQ", "TQ", "F")):
+    if not scannable_dtype(dt):
         kind = "bool" if dt == "bool" else "integer" if dt.startswith(("int", "uint")) else dt
         return [_skipped(info, f"{kind} tensor")]
     if len(shape) < 2:

@@ -154,6 +154,8 @@ def _delta(a: Any, b: Any) -> np.ndarray:
 def _load(t: _Tensor) -> list[Any]:
     """The tensor's matrices (views), or raises what reading it raised."""
     arr = t.info.load()  # torch tensors need no detach: svdvals reads values only
+    if t.info.dtype.startswith("float8") and not isinstance(arr, np.ndarray):
+        arr = arr.float()  # torch float8: the engine reads float16 and wider
     if t.base is not None:
         arr = _delta(arr, t.base.load())
     return [m for layer in t.layers for m in layer.cut(arr)]
@@ -251,6 +253,18 @@ def _compute(loaded: _Loaded, opts: ScanOptions, device: int | None, rng: np.ran
         n = len(ms)
         out.append((spectra[pos:pos + n], refined[pos:pos + n], rand.get(ti)))
         pos += n
+    return out
+
+
+def _compute_each(loaded: _Loaded, opts: ScanOptions, device: int | None, rng: np.random.Generator) -> list:
+    """_compute one tensor at a time (after the chunk as a whole failed): the error stays with the
+    tensors that raise it."""
+    out: list[Any] = []
+    for t, ms in zip(loaded.tensors, loaded.mats):
+        try:
+            out.extend(_compute(_Loaded([t], [ms]), opts, device, rng))
+        except Exception as e:  # noqa: BLE001 - this tensor's layers become error rows
+            out.append(e)
     return out
 
 
@@ -375,8 +389,8 @@ def _run_window(window, opts: ScanOptions, device, rng, base_models, on_window, 
             pending = pool.submit(_read_chunk, chunks[ci + 1]) if ci + 1 < len(chunks) else None
             try:
                 per_tensor = _compute(loaded, opts, device, rng)
-            except Exception as e:  # noqa: BLE001 - the engine failed on this chunk: its layers are errors
-                per_tensor = [e] * len(loaded.tensors)
+            except Exception:  # noqa: BLE001 - a tensor the engine refuses: find it, the others go on
+                per_tensor = _compute_each(loaded, opts, device, rng)
             for t, res in zip(loaded.tensors, per_tensor):
                 if isinstance(res, BaseException):
                     for layer in t.layers:
