@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -593,3 +595,36 @@ def test_real_minilm_folder():
     assert infos["embeddings.word_embeddings.weight"].shape == (30522, 384)
     assert {f"encoder.layer.{i}.output.dense.weight" for i in range(6)} <= set(infos)
     assert np.isfinite(q.load()).all()
+
+
+def _can_drop_dac() -> bool:
+    """Whether a root test can run a child without CAP_DAC_OVERRIDE (so that chmod 000 binds)."""
+    if shutil.which("setpriv") is None:
+        return False
+    probe = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "true"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and not _can_drop_dac(),
+    reason="running as root without setpriv: permissions do not bind",
+)
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_unreadable_file_reports_the_real_os_error(tmp_path, suffix):
+    path = tmp_path / f"locked{suffix}"
+    if suffix == ".safetensors":
+        save_st(path, {"w": np.ones((2, 2), np.float32)})
+    else:
+        torch.save({"w": torch.ones(2, 2)}, path)
+    path.chmod(0)
+    code = textwrap.dedent(f"""
+        from rankscope.scan.sources import open_sources
+        (err,) = open_sources({str(path)!r})
+        print(err.error)
+    """)
+    cmd = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "PermissionError" in out and "FileNotFoundError" not in out, out
+    assert str(path) in out, out

@@ -334,9 +334,11 @@ class _SafetensorsFile(_Closable):
 
         self.path = path
         self.label = f"safetensors file {path}"
+        # our own read first: safe_open reports every failure to open (permission denied, ELOOP...)
+        # as "No such file or directory", Python's open raises the real OSError
+        header, self._start = read_safetensors_header(path)
         with safe_open(path, framework="numpy") as f:
             names = set(f.keys())
-        header, self._start = read_safetensors_header(path)
         self.metadata = header.pop("__metadata__", None) or {}
         entries = []
         for name, e in header.items():
