@@ -684,6 +684,91 @@ def test_errors(rng, framework):
     assert math.isnan(float(nc.nc1(same, lab)))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_classifier(rng, framework, bad):
+    # W and b are checked like H: a ValueError naming them, NaN with check_finite=False (nc4 used to
+    # give a fraction from argmax over NaN logits, nc3 NaN without an error)
+    K, d = 3, 4
+    h, y, means = planted(rng, K, d, per_class=(5, 8))
+    x, lab = to_framework(h, framework), _labels(y, framework)
+    w_bad = to_framework(np.where(np.arange(d) == 2, bad, means), framework)
+    w, b = to_framework(means, framework), to_framework(np.array([0.0, bad, 1.0]), framework)
+    calls = {
+        "W": [lambda **k: nc.nc3(x, lab, w_bad, **k), lambda **k: nc.nc3(x, lab, w_bad, variant="zhu", **k),
+              lambda **k: nc.nc4(x, lab, w_bad, **k), lambda **k: nc.nc2_etf_error(on="W", W=w_bad, **k)],
+        "b": [lambda **k: nc.nc4(x, lab, w, b, **k)],
+    }
+    for what, fns in calls.items():
+        for fn in fns:
+            with pytest.raises(ValueError, match=f"^{what} contains NaN or Inf"):
+                fn()
+            assert math.isnan(float(fn(check_finite=False)))
+    assert not math.isnan(float(nc.nc4(x, lab, w, b, bias=False)))  # b left out: not read
+    # the streaming accumulator: at the first batch (W, b at construction) or in compute(W=)
+    for kw in ({"W": w_bad}, {"W": w, "b": b}):
+        acc = nc.NeuralCollapse(K, d, passes=2, **kw)
+        with pytest.raises(ValueError, match="contains NaN or Inf"):
+            acc.update(x, lab)
+        acc = nc.NeuralCollapse(K, d, passes=2, check_finite=False, **kw)
+        acc.update(x, lab)
+        acc.start_second_pass()
+        acc.update(x, lab)
+        res = acc.compute()
+        assert math.isnan(float(res["nc4"])) and math.isnan(float(res["nc3"]))
+        assert float(res["nc1"]) == pytest.approx(float(nc.nc1(x, lab)), rel=1e-9)
+    acc = nc.NeuralCollapse(K, d)
+    acc.update(x, lab)
+    with pytest.raises(ValueError, match="^W contains NaN or Inf"):
+        acc.compute(W=w_bad)
+
+
+def test_streaming_non_finite_features(rng, framework):
+    # check_finite=False: NaN metrics (ranks -1, as class_mean_rank), not a LinAlgError from the eigensolver
+    K, d = 3, 4
+    h, y, means = planted(rng, K, d, per_class=(5, 8))
+    hb = h.copy()
+    hb[9, 1] = np.nan
+    for passes in (1, 2):
+        acc = nc.NeuralCollapse(K, d, passes=passes, W=to_framework(means, framework))
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            acc.update(to_framework(hb, framework), _labels(y, framework))
+        acc = nc.NeuralCollapse(K, d, passes=passes, W=to_framework(means, framework), check_finite=False)
+        for _ in range(passes):
+            acc.update(to_framework(h[:7], framework), _labels(y[:7], framework))
+            acc.update(to_framework(hb[7:], framework), _labels(y[7:], framework))
+            if acc.passes == 2 and acc.current_pass == 1:
+                acc.start_second_pass()
+        res = acc.compute()
+        assert res["n_samples"] == len(y)
+        for k, v in res.items():
+            if k.startswith("class_mean_rank"):
+                assert int(v) == -1
+            elif k.endswith("_W"):  # the classifier alone: still its value
+                assert float(v) == pytest.approx(float(getattr(nc, k[:-2])(on="W", W=means)), rel=1e-12)
+            elif k != "n_samples":
+                assert math.isnan(float(v)), k
+
+
+def test_empty_inputs(rng, framework):
+    # 0 rows: the "no samples" error, not numpy's reshape error; an empty batch is a no-op
+    K, d = 3, 4
+    for shape in ((0, d), (0, 2, 2)):
+        for fn in (nc.nc1, nc.cdnv, nc.class_mean_rank):
+            with pytest.raises(ValueError, match="no samples"):
+                fn(to_framework(np.zeros(shape), framework), _labels(np.zeros(0, np.int64), framework))
+    h, y, _ = planted(rng, K, d, per_class=(5, 8))
+    empty = (to_framework(np.zeros((0, d)), framework), _labels(np.zeros(0, np.int64), framework))
+    acc = nc.NeuralCollapse(K, d)
+    acc.update(*empty)
+    with pytest.raises(ValueError, match="class 0 has no samples"):
+        acc.compute()
+    acc.update(to_framework(h, framework), _labels(y, framework))
+    acc.update(*empty)
+    res = acc.compute()
+    assert res["n_samples"] == len(y)
+    _close(res["nc1"], float(nc.nc1(h, y)))
+
+
 def test_mixed_frameworks(rng):
     K, d = 3, 4
     h, y, means = planted(rng, K, d, per_class=(5, 5), balanced=True)

@@ -119,7 +119,7 @@ def _features(H: Any, what: str = "H") -> tuple[Any, Ops, str]:
     a, ops, dtype = as_float64(H, what)
     if a.ndim < 2:
         raise ValueError(f"{what} must have shape (N, d) (or (N, ...), flattened), got {tuple(a.shape)}")
-    return a.reshape((a.shape[0], -1)), ops, dtype
+    return a.reshape((a.shape[0], math.prod(a.shape[1:]))), ops, dtype  # not -1: N may be 0
 
 
 def _num_classes(num_classes: Any, what: str = "num_classes") -> int | None:
@@ -159,6 +159,15 @@ def _vector(b: Any, ops: Ops, K: int, what: str = "b") -> Any:
     if tuple(v.shape) != (K,):
         raise ValueError(f"{what} must have shape ({K},), got {tuple(v.shape)}")
     return ops.here(v, vops, what)
+
+
+def _finite(x: Any, ops: Ops, what: str, check_finite: bool) -> bool:
+    """Whether x holds only finite values; NaN/Inf raise ValueError naming x when check_finite."""
+    if bool(ops.xp.isfinite(x).all()):
+        return True
+    if check_finite:
+        raise ValueError(f"{what} contains NaN or Inf; pass check_finite=False to get NaN results instead")
+    return False
 
 
 def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = None, check_finite: bool = True,
@@ -326,6 +335,14 @@ def _metrics(m: _Moments, atol: float, rtol: float | None, variant: str = "pinv"
     return out
 
 
+def _nan_metrics(ops: Ops, topk: bool = False) -> dict:
+    """_metrics' entries for NaN/Inf features (check_finite=False): NaN, ranks −1 (as
+    `class_mean_rank`)."""
+    bad_rank = ops.xp.tensor(-1, device=ops.device) if ops.kind == "torch" else np.int64(-1)
+    keys = _METRICS[:1] + (("nc1_topk",) if topk else ()) + _METRICS[1:]
+    return {k: ops.out(bad_rank) if k.startswith("class_mean_rank") else _nan(ops) for k in keys}
+
+
 def _check_tols(atol: Any, rtol: Any) -> None:
     for name, v in (("atol", atol), ("rtol", rtol)):
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -445,10 +462,8 @@ def _nc2_rows(H, labels, on, W, weighted, num_classes, check_finite, what) -> tu
             raise ValueError(f"W must be a (K, d) matrix (rows = classes), got shape {tuple(w.shape)}")
         if num_classes is not None and w.shape[0] != _num_classes(num_classes):
             raise ValueError(f"W has {w.shape[0]} rows but num_classes={num_classes}")
-        if check_finite and not bool(ops.xp.isfinite(w).all()):
-            raise ValueError("W contains NaN or Inf")
         _need_two(int(w.shape[0]), what)
-        return w, ops
+        return (w if _finite(w, ops, "W", check_finite) else None), ops
     if H is None or labels is None:
         raise ValueError(f"{what}(on='means') needs H and labels")
     m, _, _, ops = _moments(H, labels, num_classes, weighted, check_finite=check_finite, within=False)
@@ -513,6 +528,8 @@ def nc3(H: Any, labels: Any, W: Any, *, variant: str = "papyan", weighted: bool 
         return _nan(ops)
     _need_two(m.K, "nc3")
     w = _matrix(W, ops, m.K, m.d)
+    if not _finite(w, ops, "W", check_finite):
+        return _nan(ops)
     return ops.out(_nc3(w, m.centred_means(), ops, variant))
 
 
@@ -533,6 +550,8 @@ def nc4(H: Any, labels: Any, W: Any, b: Any = None, *, bias: bool = True, num_cl
         return _nan(ops)
     w = _matrix(W, ops, m.K, m.d)
     bb = _vector(b, ops, m.K) if (b is not None and bias) else None
+    if not (_finite(w, ops, "W", check_finite) and (bb is None or _finite(bb, ops, "b", check_finite))):
+        return _nan(ops)
     return ops.out(1.0 - _agreements(h, _ncc_centring(m.means, ops), w, bb, ops) / h.shape[0])
 
 
@@ -547,7 +566,7 @@ def class_mean_rank(H: Any, labels: Any, *, center: bool = False, atol: float = 
     _check_tols(atol, rtol)
     m, _, _, ops = _moments(H, labels, num_classes, False, check_finite=check_finite, within=False)
     if m is None:
-        return ops.out(ops.xp.tensor(-1, device=ops.device) if ops.kind == "torch" else np.int64(-1))
+        return _nan_metrics(ops)["class_mean_rank"]
     x = m.centred_means() if center else m.means
     return ops.out(_rank(x, ops, float(atol), rtol))
 
@@ -650,7 +669,10 @@ class NeuralCollapse:
     bias : bool
         False leaves b out of the NC4 predictions.
     check_finite : bool
-        `update` raises ValueError for NaN/Inf features (default).
+        True (default): `update` raises ValueError for NaN/Inf features, and a W or b holding
+        NaN/Inf raises ValueError (at the first batch, or in `compute` for its own W). False:
+        such features or classifier give NaN metrics from `compute` (the entries computed from
+        them; n_samples still counts every row).
 
     Batches are numpy arrays or torch tensors, all in one framework and on one device; CUDA tensors
     are accumulated on their device, in float64. `update` synchronises with the device to check
@@ -684,6 +706,7 @@ class NeuralCollapse:
         self._eps = 0.0
         self._W = self._b = None
         self._agree = self._ncc = None
+        self._bad = False  # a batch held NaN/Inf features (check_finite=False): NaN metrics
 
     @property
     def current_pass(self) -> int:
@@ -700,10 +723,13 @@ class NeuralCollapse:
         if self.passes == 1:
             self._s2 = ops.zeros((d, d))
             self._q = ops.zeros(K)
+        self._clf_ok = True  # False: W or b holds NaN/Inf (check_finite=False), their entries NaN
         if self._W_in is not None:
             self._W = _matrix(self._W_in, ops, K, d)
+            self._clf_ok = _finite(self._W, ops, "W", self.check_finite)
             if self._b_in is not None and self.bias and self.passes == 2:
                 self._b = _vector(self._b_in, ops, K)
+                self._clf_ok = _finite(self._b, ops, "b", self.check_finite) and self._clf_ok
 
     def update(self, features: Any, labels: Any) -> None:
         """Adds a batch: features (B, d) (or (B, ...)) and integer labels (B,) in 0..K−1."""
@@ -725,8 +751,10 @@ class NeuralCollapse:
             got = self._ops.to_numpy(y)
             raise ValueError(f"labels must lie in 0..K-1 = 0..{self.K - 1}; got label "
                              f"{int(got[(got < 0) | (got >= self.K)][0])}")
-        if self.check_finite and not bool(xp.isfinite(h).all()):
-            raise ValueError("features contain NaN or Inf")
+        if not bool(xp.isfinite(h).all()):
+            if self.check_finite:
+                raise ValueError("features contain NaN or Inf; pass check_finite=False to get NaN results instead")
+            self._bad = True
         self._eps = max(self._eps, eps_of(dtype))
         o = self._ops
         if self._pass == 1:
@@ -832,17 +860,25 @@ class NeuralCollapse:
         _need_two(self.K, "NeuralCollapse.compute")
         n = float(counts_host.sum())
         out = {"n_samples": round(n)}
-        out.update((k, o.out(v)) for k, v in _metrics(m, float(atol), rtol, "pinv", topk=True).items())
+        if self._bad:
+            out.update(_nan_metrics(o, topk=True))
+        else:
+            out.update((k, o.out(v)) for k, v in _metrics(m, float(atol), rtol, "pinv", topk=True).items())
         mt = m.centred_means()
         w = _matrix(W, o, self.K, self.d) if W is not None else self._W
         if w is not None:
-            out.update(
-                nc2_equinorm_W=o.out(_equinorm(w, o)),
-                nc2_equiangularity_W=o.out(_equiangularity(w, o)),
-                nc2_etf_error_W=o.out(_etf_error(w, o)),
-                nc3=o.out(_nc3(w, mt, o, "papyan")),
-                nc3_zhu=o.out(_nc3(w, mt, o, "zhu")),
-            )
+            w_ok = _finite(w, o, "W", self.check_finite) if W is not None else self._clf_ok
+            names = ("nc2_equinorm_W", "nc2_equiangularity_W", "nc2_etf_error_W", "nc3", "nc3_zhu")
+            if not w_ok:
+                out.update((k, _nan(o)) for k in names)
+            elif self._bad:  # the NC2-on-W entries do not depend on the features
+                out.update((k, o.out(v)) for k, v in zip(names[:3], (_equinorm(w, o), _equiangularity(w, o),
+                                                                     _etf_error(w, o))))
+                out.update((k, _nan(o)) for k in names[3:])
+            else:
+                vals = (_equinorm(w, o), _equiangularity(w, o), _etf_error(w, o), _nc3(w, mt, o, "papyan"),
+                        _nc3(w, mt, o, "zhu"))
+                out.update((k, o.out(v)) for k, v in zip(names, vals))
         if self._agree is not None:
-            out["nc4"] = o.out(1.0 - self._agree / n)
+            out["nc4"] = o.out(1.0 - self._agree / n) if self._clf_ok and not self._bad else _nan(o)
         return out
