@@ -628,3 +628,18 @@ def test_unreadable_file_reports_the_real_os_error(tmp_path, suffix):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert "PermissionError" in out and "FileNotFoundError" not in out, out
     assert str(path) in out, out
+
+
+def test_zoo_symlink_loops_and_dangling_links_are_error_rows(tmp_path):
+    save_st(tmp_path / "good.safetensors", {"w": np.ones((3, 2), np.float32)})
+    (tmp_path / "self").symlink_to("self")  # ELOOP on stat
+    (tmp_path / "gone.safetensors").symlink_to("nowhere.safetensors")
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "up").symlink_to("..")  # a loop that resolves: skipped, no row
+    out = {s.name: s for s in open_sources(tmp_path)}
+    assert sorted(out) == ["gone.safetensors", "good", "self"]
+    assert isinstance(out["good"], ModelSource)
+    assert isinstance(out["self"], SourceError) and "OSError" in out["self"].error
+    assert str(tmp_path / "self") in out["self"].error
+    assert isinstance(out["gone.safetensors"], SourceError)
+    assert "dangling symlink to 'nowhere.safetensors'" in out["gone.safetensors"].error

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import stat
 import struct
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -875,6 +876,15 @@ def _open_model_folder(folder: str, name: str, how: tuple[str, str, str | None])
     return _make(name, folder, kind, inner._reader, paths, [weights], meta)
 
 
+def _entry_error(root: str, path: str, e: OSError) -> SourceError:
+    """The error row of a zoo entry that cannot be examined (a symlink loop, a dangling symlink)."""
+    why = f"{type(e).__name__}: {e.strerror}" if e.strerror else _describe(e)
+    if isinstance(e, FileNotFoundError) and os.path.islink(path):
+        why = f"dangling symlink to {os.readlink(path)!r}"
+    rel = os.path.relpath(path, root).replace(os.sep, "/")
+    return SourceError(rel, path, f"{path}: {why}")
+
+
 def _zoo_entries(root: str) -> tuple[list[tuple[str, tuple | None]], list[SourceError]]:
     """Model files and model folders under `root`, sorted by path; unreadable folders as errors."""
     found: list[tuple[str, tuple | None]] = []
@@ -890,7 +900,12 @@ def _zoo_entries(root: str) -> tuple[list[tuple[str, tuple | None]], list[Source
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir():
+            try:
+                mode = e.stat().st_mode  # follows symlinks: ELOOP, a dangling link... raise here
+            except OSError as ex:
+                errors.append(_entry_error(root, e.path, ex))
+                continue
+            if stat.S_ISDIR(mode):
                 real = os.path.realpath(e.path)
                 if real in seen:  # a symlink loop
                     continue
@@ -899,7 +914,7 @@ def _zoo_entries(root: str) -> tuple[list[tuple[str, tuple | None]], list[Source
                     found.append((e.path, how))
                 else:
                     visit(e.path, seen | {real})
-            elif e.is_file() and _is_weight_file(e.name):
+            elif stat.S_ISREG(mode) and _is_weight_file(e.name):
                 found.append((e.path, None))
 
     visit(root, frozenset({os.path.realpath(root)}))
