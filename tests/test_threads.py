@@ -44,6 +44,35 @@ def test_set_get(restore_threads):
     assert rs.get_num_threads() == default
 
 
+def test_refused_thread_counts_keep_the_pool(restore_threads):
+    """An absurd count is a ValueError, and so is one the system will not start (here: an address
+    space too small for 4000 thread stacks); the pool keeps its threads, computes, and the process
+    exits cleanly (a partly started pool used to crash the interpreter at exit)."""
+    before = rs.get_num_threads()
+    for n in (10**5, 2**31 - 1, 2**40):
+        with pytest.raises(ValueError, match="above the limit"):
+            rs.set_num_threads(n)
+        assert rs.get_num_threads() == before
+    code = (
+        "import resource, numpy as np, rankscope as rs\n"
+        "vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        "rs.set_num_threads(2)\n"
+        "try:\n"
+        "    rs.set_num_threads(4000)\n"
+        "except ValueError as e:\n"
+        "    print('refused:', e)\n"
+        "print(rs.get_num_threads(), rs.svdvals(np.eye(3)[None].repeat(20, 0)).sum())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    if lines[0].startswith("refused:"):  # the limit bit (it does unless stacks are tiny)
+        assert "would not start 4000 threads" in lines[0] and "still 2" in lines[0], lines
+        lines = lines[1:]
+    assert lines[0].split()[0] in ("2", "4000") and float(lines[0].split()[1]) == 60.0, lines
+
+
 def test_environment_default():
     code = "import rankscope as rs; print(rs.get_num_threads(), rs.build_info()['num_threads'])"
     env = dict(os.environ, RANKSCOPE_NUM_THREADS="3")

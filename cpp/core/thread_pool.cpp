@@ -4,10 +4,20 @@
 #include <sched.h>
 
 #include <atomic>
+#include <climits>
 #include <cstdlib>
+#include <string>
 #include <exception>
+#include <system_error>
+
+#include "rankscope/errors.h"
 
 namespace rankscope {
+
+namespace {
+// More threads than any machine this runs on has cores: a bigger request is a mistake.
+constexpr int kMaxThreads = 4096;
+}  // namespace
 
 struct ThreadPool::Job {
   const std::function<void(int64_t)>* fn;
@@ -80,8 +90,14 @@ ThreadPool::~ThreadPool() { stop(); }
 void ThreadPool::start(int n_threads) {
   std::lock_guard<std::mutex> lk(mu_);
   stopping_ = false;
-  n_threads_ = n_threads < 1 ? 1 : n_threads;
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  const int want = n_threads < 1 ? 1 : n_threads;
+  n_threads_ = 1;
+  // n_threads_ counts the workers that did start: if the system refuses a thread, the pool stays
+  // consistent (and the exception reaches set_num_threads)
+  for (int i = 1; i < want; ++i) {
+    workers_.emplace_back([this] { worker_loop(); });
+    n_threads_ = i + 1;
+  }
 }
 
 void ThreadPool::stop() {
@@ -97,11 +113,21 @@ void ThreadPool::stop() {
 void ThreadPool::set_num_threads(int n) {
   restart_after_fork();
   std::lock_guard<std::mutex> lk(resize_mu_);
-  int want = n <= 0 ? default_threads() : n;
-  if (want == num_threads()) return;
+  const int want = n <= 0 ? default_threads() : n;
+  RS_CHECK(want <= kMaxThreads, InvalidArgument, "set_num_threads: n is above the limit of ", kMaxThreads,
+           " threads (got ", n == INT_MAX ? std::string(">= 2^31 - 1") : std::to_string(n), ")");
+  const int before = num_threads();
+  if (want == before) return;
   // Running loops lose their helpers but finish on their callers' threads.
   stop();
-  start(want);
+  try {
+    start(want);
+  } catch (const std::system_error& e) {
+    stop();
+    start(before);
+    RS_CHECK(false, InvalidArgument, "set_num_threads: the system would not start ", want, " threads (", e.what(),
+             "); still ", before);
+  }
 }
 
 int ThreadPool::num_threads() const {

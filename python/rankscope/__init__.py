@@ -132,7 +132,7 @@ def set_num_threads(n: int) -> None:
     may run on, or the RANKSCOPE_NUM_THREADS environment variable)."""
     if not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(min(n, 2**31 - 1))  # the core names its limit (far below 2³¹)
     from ._backend import cuda_module
 
     cuda = cuda_module()
