@@ -602,7 +602,7 @@ def _can_drop_dac() -> bool:
     if shutil.which("setpriv") is None:
         return False
     probe = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "true"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
+    return subprocess.run(probe, check=False, capture_output=True).returncode == 0
 
 
 @pytest.mark.skipif(
@@ -643,3 +643,27 @@ def test_zoo_symlink_loops_and_dangling_links_are_error_rows(tmp_path):
     assert str(tmp_path / "self") in out["self"].error
     assert isinstance(out["gone.safetensors"], SourceError)
     assert "dangling symlink to 'nowhere.safetensors'" in out["gone.safetensors"].error
+
+
+def test_zoo_deep_nesting_does_not_abort(tmp_path):
+    """A 1100-level tree and a JSON bomb of an index: no RecursionError, every model still listed."""
+    save_st(tmp_path / "good.safetensors", {"w": np.ones((3, 2), np.float32)})
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    (bomb / "model.safetensors.index.json").write_text("[" * 100_000 + "]" * 100_000)
+    (bomb / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    for _ in range(1100):  # os.makedirs recurses per level itself
+        deep = deep / "d"
+        deep.mkdir()
+    save_st(deep / "leaf.safetensors", {"w": np.ones((2, 2), np.float32)})
+    out = {s.name: s for s in open_sources(tmp_path)}
+    leaf = "deep/" + "d/" * 1100 + "leaf"
+    assert sorted(out) == ["bomb/model.safetensors", leaf, "good"]
+    assert isinstance(out["good"], ModelSource) and isinstance(out[leaf], ModelSource)
+    err = out["bomb/model.safetensors"]
+    assert isinstance(err, SourceError) and "nested too deeply" in err.error, err
+    assert str(bomb / "model.safetensors.index.json") in err.error
+    (err,) = open_sources(bomb)  # the folder itself
+    assert isinstance(err, SourceError) and "nested too deeply" in err.error, err

@@ -720,17 +720,25 @@ def _is_weight_file(filename: str) -> bool:
     return os.path.splitext(filename)[1].lower() in WEIGHT_SUFFIXES
 
 
-def _read_index(path: str) -> dict[str, str] | None:
-    """A sharded checkpoint index's weight_map (tensor → shard file name), or None if not one."""
-    try:
-        with open(path, encoding="utf-8") as f:
+def _load_index(path: str) -> dict[str, str]:
+    """A sharded checkpoint index's weight_map (tensor → shard file name); raises saying why not."""
+    with open(path, encoding="utf-8") as f:
+        try:
             index = json.load(f)
-    except (OSError, ValueError):
-        return None
+        except RecursionError:  # '[' * 100000: json's decoder recurses per level
+            raise ValueError("JSON nested too deeply") from None
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-        return None
+        raise ValueError("not a sharded checkpoint index (no weight_map of file names)")
     return wm
+
+
+def _read_index(path: str) -> dict[str, str] | None:
+    """A sharded checkpoint index's weight_map, or None if `path` is not a readable one."""
+    try:
+        return _load_index(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _classify_folder(folder: str) -> tuple[str, str, str | None] | None:
@@ -826,9 +834,7 @@ def _open_file_unguarded(path: str, name: str) -> ModelSource:
 
 
 def _open_sharded(index: str, name: str, kind: str, config: str | None) -> ModelSource:
-    weight_map = _read_index(index)
-    if weight_map is None:
-        raise ValueError(f"{index}: not a sharded checkpoint index (no weight_map of file names)")
+    weight_map = _load_index(index)
     folder = os.path.dirname(index)
     shards: dict[str, list[str]] = {}
     for tensor, shard in weight_map.items():
@@ -859,7 +865,7 @@ def _hf_meta(config: str) -> dict:
     try:
         with open(config, encoding="utf-8") as f:
             cfg = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return {k: cfg[k] for k in _HF_META_KEYS if isinstance(cfg, dict) and k in cfg}
 
@@ -890,13 +896,18 @@ def _zoo_entries(root: str) -> tuple[list[tuple[str, tuple | None]], list[Source
     found: list[tuple[str, tuple | None]] = []
     errors: list[SourceError] = []
 
-    def visit(folder: str, seen: frozenset[str]) -> None:
+    # depth first, with a stack rather than recursion: a tree thousands of folders deep must not
+    # exhaust Python's stack
+    stack = [(root, os.path.realpath(root), frozenset({os.path.realpath(root)}))]
+    while stack:
+        folder, folder_real, seen = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
             rel = os.path.relpath(folder, root).replace(os.sep, "/")
             errors.append(SourceError(rel, folder, f"{folder}: cannot list folder: {_describe(e)}"))
-            return
+            continue
+        subfolders = []
         for e in entries:
             if e.name.startswith("."):
                 continue
@@ -906,18 +917,20 @@ def _zoo_entries(root: str) -> tuple[list[tuple[str, tuple | None]], list[Source
                 errors.append(_entry_error(root, e.path, ex))
                 continue
             if stat.S_ISDIR(mode):
-                real = os.path.realpath(e.path)
+                # realpath costs a stat per component: only symlinks need it
+                real = os.path.realpath(e.path) if e.is_symlink() else os.path.join(folder_real, e.name)
                 if real in seen:  # a symlink loop
                     continue
                 how = _classify_folder(e.path)
                 if how is not None:
                     found.append((e.path, how))
                 else:
-                    visit(e.path, seen | {real})
-            elif stat.S_ISREG(mode) and _is_weight_file(e.name):
+                    subfolders.append((e.path, real, seen | {real}))
+            elif stat.S_ISREG(mode) and (_is_weight_file(e.name) or e.name.endswith(_INDEX_SUFFIX)):
+                # an index left here is one _classify_folder rejected: opening it says why
                 found.append((e.path, None))
+        stack.extend(reversed(subfolders))
 
-    visit(root, frozenset({os.path.realpath(root)}))
     found.sort(key=lambda item: os.path.relpath(item[0], root).replace(os.sep, "/"))
     return found, errors
 
