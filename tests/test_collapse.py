@@ -377,6 +377,65 @@ def test_check_finite(rng, framework):
     assert np.isnan(r[1, 2]) and np.isfinite(r[0]).all()
 
 
+def test_attention_entropy_check_finite(framework):
+    # the NaN matrix gives NaN rows (and a NaN mean); its zeroed rows used to fail the row-sum check
+    a = np.full((2, 3, 3, 4), 0.25)
+    a[1, 0, 2, 1] = np.nan
+    a[0, 2, 1] = np.inf
+    x = to_framework(a, framework)
+    with pytest.raises(ValueError, match=r"batch index \(0, 2\)"):
+        rc.attention_entropy(x)
+    got = _np(rc.attention_entropy(x, check_finite=False, reduce="none"))
+    bad = np.zeros((2, 3), bool)
+    bad[1, 0] = bad[0, 2] = True
+    assert np.isnan(got[bad]).all()
+    np.testing.assert_allclose(got[~bad], math.log(4), rtol=1e-15)
+    assert math.isnan(float(rc.attention_entropy(x, check_finite=False)))
+    m = np.ones(4, bool)
+    _close(_np(rc.attention_entropy(x, mask=m, check_finite=False, reduce="none"))[0, 0], np.full(3, math.log(4)))
+    with pytest.raises(ValueError, match="sum to 1"):  # the good matrices are still checked
+        rc.attention_entropy(to_framework(np.where(bad[..., None, None], a, 0.2), framework), check_finite=False)
+
+
+def test_numpy_scalar_options(rng, framework):
+    # numpy real scalars are numbers (numbers.Real); bool is not
+    z = to_framework(rng.standard_normal((10, 4)), framework)
+    ref = rc.feature_std(z, gamma=1.0)
+    for g in (np.float32(1), np.float64(1), np.int64(1), 1):
+        _close(_np(rc.feature_std(z, gamma=g)["frac_below_gamma"]), _np(ref["frac_below_gamma"]))
+    a = to_framework(np.full((3, 4), 0.25), framework)
+    _close(_np(rc.attention_entropy(a, eps=np.float32(1e-6))), float(_np(rc.attention_entropy(a, eps=1e-6))),
+           rtol=1e-7)  # float32(1e-6) differs from 1e-6 in the 8th digit
+    st = rc.ActivationStats(4, gamma=np.float32(0.5), rankme_eps=np.float64(1e-7))
+    assert st.gamma == 0.5
+    for bad in (True, np.bool_(False), float("inf"), "1"):
+        with pytest.raises(ValueError, match="gamma must be a finite number"):
+            rc.feature_std(z, gamma=bad)
+    with pytest.raises(ValueError, match="eps must be"):
+        rc.attention_entropy(a, eps=np.float32(-1))
+
+
+def test_activation_stats_check_finite(rng, framework):
+    # check_finite=False: a NaN/Inf batch makes every statistic NaN (it used to raise LinAlgError)
+    z = rng.standard_normal((12, 4))
+    zb = z.copy()
+    zb[7, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        _stream(rc.ActivationStats(4), zb, (5, 7), framework)
+    for sizes in ((5, 7), (12,)):  # the bad batch first or later
+        res = _stream(rc.ActivationStats(4, check_finite=False), zb, sizes, framework)
+        assert res["n_samples"] == 12
+        for k, v in res.items():
+            if k != "n_samples":
+                assert np.isnan(_np(v)).all(), k
+        assert _np(res["std"]).shape == (4,) and _np(res["eigenvalues"]).shape == (4,)
+    st = rc.ActivationStats(4, check_finite=False)
+    st.update(to_framework(zb, framework))
+    st.reset()  # forgets the bad batch too
+    ref = _stream(st, z, (12,), framework)
+    _close(_np(ref["mean_std"]), float(_np(rc.feature_std(z)["mean_std"])))
+
+
 # ---- ActivationStats ------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ of rows, for activations too large to hold at once.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from typing import Any
 
@@ -109,6 +110,11 @@ def _batch_var(a: Any, ops: Ops) -> Any:
     return xp.sum(c * c, axis=-2) / (a.shape[-2] - 1)
 
 
+def _is_real(v: Any) -> bool:
+    """A finite real number: Python or numpy scalars (numbers.Real), not bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
 def _each(x: Any, fn, **kw) -> list:
     return [fn(e, **kw) for e in x]
 
@@ -133,13 +139,13 @@ def feature_std(Z: Any, *, gamma: float = 1.0, check_finite: bool = True) -> dic
     """
     if is_ragged(Z):
         return _each(Z, feature_std, gamma=gamma, check_finite=check_finite)
-    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma)):
+    if not _is_real(gamma):
         raise ValueError(f"gamma must be a finite number, got {gamma!r}")
     a, ops = _rows(Z)
     bad = _bad_matrices(a, ops, "Z", check_finite)
     xp = ops.xp
     std = xp.sqrt(_batch_var(a, ops))
-    frac = ops.count(std < gamma, -1) / a.shape[-1]
+    frac = ops.count(std < float(gamma), -1) / a.shape[-1]
     return {
         "mean_std": ops.out(_nan_where(xp.mean(std, axis=-1), bad, ops)),
         "frac_below_gamma": ops.out(_nan_where(frac, bad, ops)),
@@ -248,7 +254,7 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
         "mean" (default): one number, the mean over batch, heads and queries; "none": shape (..., q).
     """
     _check_reduce(reduce)
-    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+    if eps is not None and not (_is_real(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite non-negative number or None, got {eps!r}")
     a, ops, stored = as_float64(A, "A")
     if a.ndim < 2:
@@ -265,7 +271,7 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
     if bool((a < 0).any()):
         raise ValueError("A has negative weights; pass attention probabilities (softmax output)")
     rows = n_keys > 0
-    sums = xp.sum(a, axis=-1)
+    sums = _fill_where(xp.sum(a, axis=-1), bad, ops, 1.0, 1)  # zeroed NaN/Inf matrices: NaN below, not an error
     tol = max(1e-3, 4.0 * eps_of(stored))
     off = rows & (xp.abs(sums - 1.0) > tol)
     if bool(off.any()):
@@ -277,7 +283,7 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
         pos = a > 0
         terms = xp.where(pos, a * ops.log(xp.where(pos, a, ops.scalar(1.0))), ops.scalar(0.0))
     else:
-        terms = a * ops.log(a + eps)
+        terms = a * ops.log(a + float(eps))
     h = -xp.sum(terms, axis=-1)
     if normalized:
         denom = ops.log(xp.where(n_keys > 1, n_keys, ops.scalar(2.0)))
@@ -384,6 +390,10 @@ class ActivationStats:
     log_eigenvalues
     ==========================  =====================================================================
 
+    ``check_finite=True`` (default): `update` raises ValueError for a batch holding NaN/Inf; False:
+    such a batch is counted in n_samples and every other statistic of `compute()` is NaN (the
+    stream has no per-matrix results to keep apart).
+
     Variances come from moments shifted by the first batch's mean (float64), so a large common
     offset does not cancel catastrophically as raw moments Σz² − (Σz)²/N would. The rankme spectrum
     carries the Gram route's absolute error ~eps64 · σ₁²/σ (METRICS.md §0), harmless for RankMe.
@@ -392,9 +402,9 @@ class ActivationStats:
     def __init__(self, d: int, *, gamma: float = 1.0, rankme_eps: float = 1e-7, check_finite: bool = True):
         if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
             raise ValueError(f"d must be a positive int, got {d!r}")
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma)):
+        if not _is_real(gamma):
             raise ValueError(f"gamma must be a finite number, got {gamma!r}")
-        if not (isinstance(rankme_eps, (int, float)) and math.isfinite(rankme_eps) and rankme_eps >= 0):
+        if not (_is_real(rankme_eps) and rankme_eps >= 0):
             raise ValueError(f"rankme_eps must be a finite non-negative number, got {rankme_eps!r}")
         self.d, self.gamma, self.rankme_eps, self.check_finite = int(d), float(gamma), float(rankme_eps), check_finite
         self.reset()
@@ -404,6 +414,7 @@ class ActivationStats:
         self._ops: Ops | None = None
         self.n_samples = 0
         self._n_nonzero = None
+        self._bad = False  # a batch held NaN/Inf (check_finite=False): every statistic NaN
 
     def _start(self, ops: Ops, a: Any, u: Any) -> None:
         d = self.d
@@ -426,9 +437,12 @@ class ActivationStats:
         a = a.reshape((-1, self.d))
         if a.shape[0] == 0:
             return
-        if self.check_finite and not bool(ops.xp.isfinite(a).all()):
-            raise ValueError("Z contains NaN or Inf")
         xp = ops.xp
+        if not bool(xp.isfinite(a).all()):
+            if self.check_finite:
+                raise ValueError("Z contains NaN or Inf; pass check_finite=False to get NaN results instead")
+            self._bad = True
+            a = xp.zeros_like(a)  # counted, but kept out of the sums (compute() gives NaN anyway)
         u, nonzero = _l2_normalize(a, ops)
         if self._ops is None:
             self._start(ops, a, u)
@@ -464,14 +478,16 @@ class ActivationStats:
         p = s / xp.where(total > 0, total, ops.scalar(1.0)) + self.rankme_eps
         plogp = xp.where(p > 0, p * ops.log(xp.where(p > 0, p, ops.scalar(1.0))), ops.scalar(0.0))
         rankme = xp.where(total > 0, xp.exp(-xp.sum(plogp)), ops.scalar(0.0))  # zero data: 0
-        return {
-            "n_samples": n,
-            "mean_std": ops.out(xp.mean(std)),
-            "frac_below_gamma": ops.out(frac),
-            "std": ops.out(std),
-            "std_of_l2_normalized": ops.out(std_u),
-            "mean_pairwise_cosine": ops.out(cosine),
-            "rankme": ops.out(rankme),
-            "eigenvalues": ops.out(w),
-            "log_eigenvalues": ops.out(ops.log(w)),
+        out = {
+            "mean_std": xp.mean(std),
+            "frac_below_gamma": frac,
+            "std": std,
+            "std_of_l2_normalized": std_u,
+            "mean_pairwise_cosine": cosine,
+            "rankme": rankme,
+            "eigenvalues": w,
+            "log_eigenvalues": ops.log(w),
         }
+        if self._bad:
+            out = {k: xp.full_like(v, math.nan) for k, v in out.items()}
+        return {"n_samples": n, **{k: ops.out(v) for k, v in out.items()}}
