@@ -187,6 +187,7 @@ void spectrum_metrics(py::handle s, py::handle tol, py::handle out, double tau, 
   require_gpu();
   RS_CHECK(tau > 0.0 && tau <= 1.0, InvalidArgument, "tau must be in (0, 1], got ", tau);
   RS_CHECK(rankme_eps >= 0.0, InvalidArgument, "eps must be non-negative, got ", rankme_eps);
+  RS_CHECK(weak_threshold >= 0.0, InvalidArgument, "threshold must be non-negative, got ", weak_threshold);
   metrics::Params p;
   p.tau = tau;
   p.rankme_eps = rankme_eps;

@@ -156,6 +156,11 @@ def test_worked_example_W():
     pm = np.array([0.75, 0.25]) + 1e-7
     assert _ri(rs.rankme(W)) == pytest.approx(math.exp(-(pm * np.log(pm)).sum()), rel=1e-14)
     assert _ri(rs.weak_rank_loss(W)) == 0 and _ri(rs.weak_rank_loss(W, threshold=1.5)) == 1
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="threshold must be non-negative"):
+            rs.weak_rank_loss(W, threshold=bad)
+    with pytest.raises(TypeError, match="method must be"):
+        rs.svdvals(W, method=None)
 
 
 def test_uniform_spectrum_closed_forms():

@@ -149,6 +149,7 @@ struct SpecRef {
 metrics::Params make_params(double tau, double rankme_eps, bool erank_on_s2, double weak_threshold) {
   RS_CHECK(tau > 0.0 && tau <= 1.0, InvalidArgument, "tau must be in (0, 1], got ", tau);
   RS_CHECK(rankme_eps >= 0.0, InvalidArgument, "eps must be non-negative, got ", rankme_eps);
+  RS_CHECK(weak_threshold >= 0.0, InvalidArgument, "threshold must be non-negative, got ", weak_threshold);
   metrics::Params p;
   p.tau = tau;
   p.rankme_eps = rankme_eps;

@@ -60,6 +60,8 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool,
     On the GPU the call waits for the caller's stream only when check_finite is true (to read each
     matrix's status); otherwise it returns as soon as the work is queued.
     """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be 'auto', 'exact' or 'gram', got {method!r}")
     if is_ragged(x):
         items = prepare_matrices(x)
         gpu = bool(items) and items[0].on_cuda

@@ -22,6 +22,16 @@ def example_model(seed: int = 0):
 _SUMMARY = ("model", "name", "shape", "matrix_rank", "rank_loss", "log10_sv_min_rel", "alpha", "stable_rank")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankscope", description="Is your network collapsing? Spectra, ranks "
                                      "and collapse metrics of every weight matrix.")
@@ -56,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="flag layers with log10(s_min / s_max) below this (default -8)")
     p.add_argument("--collapse-rank-frac", type=float, default=0.05,
                    help="flag layers whose rank loss exceeds this fraction of the smaller side (default 0.05)")
-    p.add_argument("--top", type=int, default=10, help="rows of the printed summary (default 10)")
+    p.add_argument("--top", type=_positive_int, default=10, help="rows of the printed summary (default 10)")
     p.add_argument("--json", action="store_true", help="print the layer rows as JSON instead of a summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -82,12 +83,21 @@ class ScanOptions:
             raise ValueError(f"alpha_range must be (low, high) with low < high, got {self.alpha_range!r}")
         for name in ("chunk_mb", "window_mb", "refine_rtol"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            if not (_real(v) and 0 < v < math.inf):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if not (_real(self.collapse_log10) and math.isfinite(self.collapse_log10)):
+            raise ValueError(f"collapse_log10 must be a finite number, got {self.collapse_log10!r}")
+        if self.xmin_max is not None and not (_real(self.xmin_max) and 0 < self.xmin_max < math.inf):
+            raise ValueError(f"xmin_max must be None or a positive finite number, got {self.xmin_max!r}")
         for name in ("min_dim", "max_dim"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and v >= 0):
                 raise ValueError(f"{name} must be a non-negative int or None, got {v!r}")
+
+
+def _real(v: Any) -> bool:
+    """A real number (numpy scalars included), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def resolve_device(device: Any) -> int | None:
