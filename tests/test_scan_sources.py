@@ -654,11 +654,17 @@ def test_zoo_deep_nesting_does_not_abort(tmp_path):
     (bomb / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     deep = tmp_path / "deep"
     deep.mkdir()
-    for _ in range(1100):  # os.makedirs recurses per level itself
-        deep = deep / "d"
-        deep.mkdir()
-    save_st(deep / "leaf.safetensors", {"w": np.ones((2, 2), np.float32)})
-    out = {s.name: s for s in open_sources(tmp_path)}
+    levels = [deep]
+    for _ in range(1100):  # os.makedirs (and shutil.rmtree) recurse per level themselves
+        levels.append(levels[-1] / "d")
+        levels[-1].mkdir()
+    save_st(levels[-1] / "leaf.safetensors", {"w": np.ones((2, 2), np.float32)})
+    try:
+        out = {s.name: s for s in open_sources(tmp_path)}
+    finally:  # pytest's tmp_path cleanup is shutil.rmtree: leave it a shallow tree
+        (levels[-1] / "leaf.safetensors").unlink()
+        for d in reversed(levels[1:]):
+            d.rmdir()
     leaf = "deep/" + "d/" * 1100 + "leaf"
     assert sorted(out) == ["bomb/model.safetensors", leaf, "good"]
     assert isinstance(out["good"], ModelSource) and isinstance(out[leaf], ModelSource)
@@ -667,3 +673,43 @@ def test_zoo_deep_nesting_does_not_abort(tmp_path):
     assert str(bomb / "model.safetensors.index.json") in err.error
     (err,) = open_sources(bomb)  # the folder itself
     assert isinstance(err, SourceError) and "nested too deeply" in err.error, err
+
+
+def test_nothing_disappears_from_a_zoo(tmp_path):
+    """Files without tensors, object arrays, dangling links, FIFOs and devices each give a row."""
+    import zipfile
+
+    import rankscope as rs
+
+    save_st(tmp_path / "a.safetensors", {"w": np.ones((4, 3), np.float32)})
+    np.savez(tmp_path / "b.npz", obj=np.array([{"x": 1}], dtype=object))
+    torch.save({}, tmp_path / "c.pt")
+    zipfile.ZipFile(tmp_path / "d.npz", "w").close()
+    (tmp_path / "e.safetensors").symlink_to("missing.safetensors")
+    os.mkfifo(tmp_path / "f.pt")
+    (tmp_path / "g.bin").symlink_to("/dev/zero")
+    np.savez(tmp_path / "h.npz", w=np.ones((3, 5)), obj=np.array([None, 1], dtype=object))
+    save_st(tmp_path / "i.safetensors", {})
+    os.mkfifo(tmp_path / "notes.txt")  # not a weight file: ignored, and never opened
+    out = {s.name: s for s in open_sources(tmp_path)}
+    assert sorted(out) == ["a", "b", "c", "d", "e.safetensors", "f.pt", "g.bin", "h", "i"]
+    for name in ("c", "d", "i"):
+        assert isinstance(out[name], SourceError) and "holds no tensors" in out[name].error, name
+    assert "dangling symlink" in out["e.safetensors"].error
+    assert "not a regular file (a FIFO)" in out["f.pt"].error
+    assert "not a regular file (a character device)" in out["g.bin"].error
+    assert [(i.name, i.dtype) for i in out["h"].tensors()] == [("w", "float64"), ("obj", "object")]
+    with pytest.raises(ValueError, match="allow_pickle"):
+        next(i for i in out["b"].tensors() if i.name == "obj").load()
+    for s in out.values():
+        if isinstance(s, ModelSource):
+            s.close()
+
+    rep = rs.scan(tmp_path)
+    rows = rep.layers
+    assert set(rows["model"]) == {"a", "b", "c", "d", "e.safetensors", "f.pt", "g.bin", "h", "i"}
+    skipped = rows[rows["status"] == "skipped"].set_index(["model", "tensor"])["warning"]
+    assert skipped[("b", "obj")] == skipped[("h", "obj")] == "object tensor"
+    assert set(rep.errors["model"]) == {"c", "d", "e.safetensors", "f.pt", "g.bin", "i"}
+    (err,) = open_sources(tmp_path / "f.pt")  # named directly: reported, not opened
+    assert isinstance(err, SourceError) and "FIFO" in err.error

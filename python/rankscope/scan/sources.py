@@ -258,6 +258,28 @@ def _stat(paths: list[str], weights: list[str]) -> tuple[int, float]:
     )
 
 
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> str:
+    why = next((what for test, what in _FILE_TYPES if test(mode)), "not a plain file")
+    return f"not a regular file ({why})"
+
+
+def _check_regular(path: str) -> None:
+    """Raise unless `path` (after symlinks) is a regular file: reading a FIFO blocks, a device such
+    as /dev/zero never ends, so neither is ever opened."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(_not_regular(mode))
+
+
 def _strip_weight_suffix(path: str) -> str:
     for suffix in (_INDEX_SUFFIX, *WEIGHT_SUFFIXES):
         if path.endswith(suffix):
@@ -308,6 +330,7 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     The header is the file's JSON table: tensor name → {"dtype", "shape", "data_offsets": [begin,
     end]} (offsets relative to the data section), plus an optional "__metadata__" dict of strings.
     """
+    _check_regular(path)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -490,6 +513,7 @@ class _ModuleReader(_Closable):
 def _torch_load(path: str) -> tuple[Any, bool]:
     """(object, memory-mapped?) of a torch checkpoint; only zipfile checkpoints can be mapped."""
     torch = optional_import("torch", None, "PyTorch checkpoints")
+    _check_regular(path)
     if os.path.getsize(path) == 0:
         raise ValueError("file is empty")
     mmap = zipfile.is_zipfile(path)
@@ -568,8 +592,9 @@ class _NpzReader(_Closable):
                     else np.lib.format.read_array_header_2_0
                 )
                 shape, _, dtype = read(fp)
-            if not dtype.hasobject:
-                self._headers.append((key, tuple(shape), dtype.name))
+            # listed, so that the scan reports them skipped ("object tensor"); loading one raises
+            # (allow_pickle=False)
+            self._headers.append((key, tuple(shape), dtype.name))
 
     def tensors(self) -> Iterator[TensorInfo]:
         self._check_open()
@@ -722,6 +747,7 @@ def _is_weight_file(filename: str) -> bool:
 
 def _load_index(path: str) -> dict[str, str]:
     """A sharded checkpoint index's weight_map (tensor → shard file name); raises saying why not."""
+    _check_regular(path)
     with open(path, encoding="utf-8") as f:
         try:
             index = json.load(f)
@@ -804,6 +830,7 @@ def _open_file(path: str, name: str) -> ModelSource:
 
 
 def _open_file_unguarded(path: str, name: str) -> ModelSource:
+    _check_regular(path)
     if path.endswith(_INDEX_SUFFIX):
         return _open_sharded(path, name, "sharded", None)
     suffix = os.path.splitext(path)[1].lower()
@@ -830,18 +857,29 @@ def _open_file_unguarded(path: str, name: str) -> ModelSource:
     else:
         reader = _OnnxReader(path)
         meta.update(reader.meta)
+    if next(iter(reader.tensors()), None) is None:
+        # a source without tensors would give the scan no row at all: report it instead
+        reader.close()
+        raise ValueError("the file holds no tensors")
     return _make(name, path, kind, reader, [path], [path], meta)
 
 
 def _open_sharded(index: str, name: str, kind: str, config: str | None) -> ModelSource:
     weight_map = _load_index(index)
+    if not weight_map:
+        raise ValueError(f"{index}: the index's weight_map names no tensors")
     folder = os.path.dirname(index)
     shards: dict[str, list[str]] = {}
     for tensor, shard in weight_map.items():
         shards.setdefault(os.path.join(folder, shard), []).append(tensor)
-    missing = [p for p in shards if not os.path.isfile(p)]
+    missing = [p for p in shards if not os.path.exists(p)]
     if missing:
         raise FileNotFoundError(f"shard {missing[0]} named in {index} does not exist")
+    for p in shards:
+        try:
+            _check_regular(p)
+        except ValueError as e:
+            raise ValueError(f"shard {p} named in {index}: {e}") from None
     files = sorted(shards)
     if all(p.endswith(".safetensors") for p in files):
         owner = {t: os.path.join(folder, s) for t, s in weight_map.items()}
@@ -863,6 +901,7 @@ def _open_sharded(index: str, name: str, kind: str, config: str | None) -> Model
 
 def _hf_meta(config: str) -> dict:
     try:
+        _check_regular(config)
         with open(config, encoding="utf-8") as f:
             cfg = json.load(f)
     except (OSError, ValueError, RecursionError):
@@ -926,7 +965,11 @@ def _zoo_entries(root: str) -> tuple[list[tuple[str, tuple | None]], list[Source
                     found.append((e.path, how))
                 else:
                     subfolders.append((e.path, real, seen | {real}))
-            elif stat.S_ISREG(mode) and (_is_weight_file(e.name) or e.name.endswith(_INDEX_SUFFIX)):
+            elif _is_weight_file(e.name) or e.name.endswith(_INDEX_SUFFIX):
+                if not stat.S_ISREG(mode):  # a FIFO or a device: never opened
+                    rel = os.path.relpath(e.path, root).replace(os.sep, "/")
+                    errors.append(SourceError(rel, e.path, f"{e.path}: {_not_regular(mode)}"))
+                    continue
                 # an index left here is one _classify_folder rejected: opening it says why
                 found.append((e.path, None))
         stack.extend(reversed(subfolders))
@@ -950,6 +993,10 @@ def _open_path(p: str | os.PathLike, name: str | None) -> Iterator[ModelSource |
     base = os.path.basename(path.rstrip(os.sep)) or path
     if not os.path.exists(path):
         yield SourceError(name or base, path, f"{path}: no such file or directory")
+        return
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        yield SourceError(name or base, path, f"{path}: {_not_regular(mode)}")
         return
     if os.path.isfile(path):
         if path.endswith(_INDEX_SUFFIX):
