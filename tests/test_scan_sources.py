@@ -713,3 +713,30 @@ def test_nothing_disappears_from_a_zoo(tmp_path):
     assert set(rep.errors["model"]) == {"c", "d", "e.safetensors", "f.pt", "g.bin", "i"}
     (err,) = open_sources(tmp_path / "f.pt")  # named directly: reported, not opened
     assert isinstance(err, SourceError) and "FIFO" in err.error
+
+
+def test_onnx_external_data_bin_is_not_a_model(tmp_path, rng):
+    """weights.bin (and data/extra.bin) that an .onnx stores its initializers in belong to it; an
+    unrelated .bin next to them is still a model of its own."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    w = rng.standard_normal((5, 33)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 33])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    zoo = tmp_path / "zoo"
+    (zoo / "net").mkdir(parents=True)
+    onnx.save_model(
+        helper.make_model(graph), str(zoo / "net" / "model.onnx"),
+        save_as_external_data=True, location="weights.bin", size_threshold=0,
+    )
+    torch.save({"v": torch.ones(3, 3)}, zoo / "net" / "other.bin")
+    out = {s.name: s for s in open_sources(zoo)}
+    assert sorted(out) == ["net/model", "net/other"]
+    assert all(isinstance(s, ModelSource) for s in out.values()), out
+    np.testing.assert_array_equal(next(out["net/model"].tensors()).load(), w)

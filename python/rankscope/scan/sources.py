@@ -974,8 +974,46 @@ def _zoo_entries(root: str) -> tuple[list[tuple[str, tuple | None]], list[Source
                 found.append((e.path, None))
         stack.extend(reversed(subfolders))
 
+    found = _drop_onnx_external_data(found)
     found.sort(key=lambda item: os.path.relpath(item[0], root).replace(os.sep, "/"))
     return found, errors
+
+
+def _onnx_external_data(path: str) -> set[str]:
+    """Normalised paths of the files an ONNX model keeps initializers in (external data); empty if
+    the model cannot be read (opening it then reports why)."""
+    try:
+        onnx = importlib.import_module("onnx")
+        _check_regular(path)
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 (the .onnx itself gets the error row)
+        return set()
+    folder = os.path.dirname(path)
+    return {
+        os.path.normpath(os.path.join(folder, e.value))
+        for t in model.graph.initializer
+        for e in t.external_data
+        if e.key == "location"
+    }
+
+
+def _drop_onnx_external_data(found: list[tuple[str, tuple | None]]) -> list[tuple[str, tuple | None]]:
+    """`found` less the weight-suffixed files (``weights.bin``) that an .onnx next to or above them
+    stores its tensors in: they are part of that model, not models of their own. Only .onnx files
+    with another weight file under their folder are parsed."""
+    files = [p for p, how in found if how is None]
+    others = [p for p in files if not p.lower().endswith(".onnx")]
+    if not others:
+        return found
+    data: set[str] = set()
+    for p in files:
+        if p.lower().endswith(".onnx"):
+            folder = os.path.dirname(p) + os.sep
+            if any(o.startswith(folder) for o in others):
+                data |= _onnx_external_data(p)
+    if not data:
+        return found
+    return [(p, how) for p, how in found if how is not None or os.path.normpath(p) not in data]
 
 
 def _zoo_names(root: str, paths: list[str]) -> list[str]:
