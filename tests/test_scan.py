@@ -251,6 +251,18 @@ def test_nonfinite_tensor_is_reported(rng):
 
 
 
+def test_model_with_nothing_to_scan_keeps_its_row(rng):
+    """A model holding no tensors is an error row in its place; one whose tensors the layers= filter
+    all drops is a skipped row saying so; neither disappears from the report."""
+    rep = rs.scan([{"w": rng.standard_normal((6, 4))}, {}, torch.nn.ReLU()], progress=False)
+    assert list(rep.layers["model"]) == ["model_0", "model_1", "model_2"]
+    assert list(rep.layers["status"]) == ["success", "error", "error"]
+    assert (rep.layers["warning"].iloc[1:] == "the model holds no tensors").all()
+    assert len(rep.models) == 3 and len(rep.errors) == 2
+    filtered = rs.scan({"w": np.eye(4)}, progress=False, layers="nomatch").layers
+    assert list(filtered["status"]) == ["skipped"] and "nomatch" in filtered["warning"].iloc[0]
+
+
 def test_tensor_the_engine_refuses_stays_its_own_error(rng):
     """A tensor the engine cannot read (sparse, meta) fails alone, not the chunk it shares with good
     tensors of other models; torch float8 weights are widened and scanned; torch's quantised

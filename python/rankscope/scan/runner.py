@@ -343,6 +343,16 @@ def run(models: Iterator, opts: ScanOptions, *, base_models: dict | None = None,
                     on_window([_error_row(src, "", f"cannot list tensors: {type(e).__name__}: {e}")], {})
                 src.close()
                 continue
+            if not layers:  # nothing to scan: the model still gets its row (after the earlier models')
+                if window:
+                    done_bytes = _run_window(window, opts, device, rng, base_models, on_window, bar, t0, done_bytes)
+                    window, window_bytes = [], 0
+                if on_window:
+                    row = _error_row(src, "", "the model holds no tensors" if opts.layers is None
+                                     else f"no tensor matches layers={opts.layers!r}")
+                    on_window([row if opts.layers is None else {**row, "status": "skipped"}], {})
+                src.close()
+                continue
             size = sum(layer.count * layer.matrix_shape[0] * layer.matrix_shape[1] * 4 for layer in layers)
             if window and window_bytes + size > opts.window_mb * 2**20:
                 done_bytes = _run_window(window, opts, device, rng, base_models, on_window, bar, t0, done_bytes)
