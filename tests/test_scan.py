@@ -479,9 +479,9 @@ def test_bad_arguments():
         rs.scan(42)
     with pytest.raises(ValueError, match="report format"):
         rs.scan({"w": np.eye(3)}, out="report.xlsx")
-    for kw, match in ((dict(chunk_mb=float("inf")), "chunk_mb"), (dict(window_mb=0), "window_mb"),
-                      (dict(collapse_log10=float("nan")), "collapse_log10"), (dict(collapse_log10="x"), "collapse_log10"),
-                      (dict(xmin_max=-1.0), "xmin_max"), (dict(xmin_max=float("nan")), "xmin_max")):
+    for kw, match in (({"chunk_mb": float("inf")}, "chunk_mb"), ({"window_mb": 0}, "window_mb"),
+                      ({"collapse_log10": float("nan")}, "collapse_log10"), ({"collapse_log10": "x"}, "collapse_log10"),
+                      ({"xmin_max": -1.0}, "xmin_max"), ({"xmin_max": float("nan")}, "xmin_max")):
         with pytest.raises(ValueError, match=match):
             rs.scan({"w": np.eye(3)}, progress=False, **kw)
     ok = rs.scan({"w": np.eye(3)}, progress=False, collapse_log10=np.float64(-6), xmin_max=np.float32(3))
