@@ -163,6 +163,24 @@ def test_worked_example_W():
         rs.svdvals(W, method=None)
 
 
+def test_tolerance_and_shape_arguments_are_checked():
+    """atol/rtol: real numbers (numpy scalars too), finite and >= 0; shape=: whole numbers >= 0 whose
+    smaller side holds the values given (a truncated spectrum may have fewer)."""
+    A = np.diag([1.0, 0.5, 1e-3, 1e-9])
+    for bad in ("x", np.array([1.0, 2.0]), 1j, True):
+        with pytest.raises(TypeError, match="atol must be a real number"):
+            rs.matrix_rank(A, atol=bad)
+    for bad in (10**400, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rtol must be a finite non-negative"):
+            rs.matrix_rank(A, rtol=bad)
+    assert int(rs.matrix_rank(A, atol=np.float32(1e-6))) == 3
+    s = np.array([1.0, 1e-14])
+    for bad in ((-100, -100), (2.5, 3), (np.inf, 3), (2, 1), "ab", [(4, 4)] * 3):
+        with pytest.raises(ValueError, match="shape"):
+            metrics.matrix_rank(s, shape=bad)
+    assert int(metrics.matrix_rank(s, shape=(100, 100))) == 1  # a truncated spectrum of a 100 x 100
+
+
 def test_uniform_spectrum_closed_forms():
     """k equal values: every soft rank is k, energy_rank is ceil(tau·k)."""
     for k in (1, 2, 7, 64):

@@ -30,6 +30,8 @@ condition_number; a spectrum holding NaN gives NaN, and -1 for the integer count
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +108,15 @@ def _tolerances(sp: Spectra, policy: str, atol: float | None, rtol: float | None
         if policy != "auto":
             raise ValueError("give either policy= or atol=/rtol=, not both")
         for name, v in (("atol", atol), ("rtol", rtol)):
-            if v is not None and not (np.isfinite(v) and v >= 0):
+            if v is None:
+                continue
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a real number, got {v!r}")
+            try:
+                finite = math.isfinite(float(v))
+            except OverflowError:  # a Python int beyond float range
+                finite = False
+            if not (finite and v >= 0):
                 raise ValueError(f"{name} must be a finite non-negative number, got {v}")
         out[:, 0] = 0.0 if rtol is None else rtol
         out[:, 1] = 0.0 if atol is None else atol
@@ -236,7 +246,7 @@ def from_values(s: Any, shape: Any = None, dtype: Any = None, what: str = "s") -
                 raise ValueError(f"{what}[{i}] must be 1-D (one spectrum), got shape {p.shape}")
         get = _device_values if items and items[0].on_cuda else _host_values
         values = [get(p, what) for p in items]
-        m, n = _shapes(shape, len(items), ragged=True)
+        m, n = _shapes(shape, len(items), np.array([p.shape[0] for p in items]))
         return Spectra(values, m, n, [stored or p.dtype for p in items], items)
     p = prepare(s, what)
     if len(p.shape) < 1:
@@ -245,7 +255,7 @@ def from_values(s: Any, shape: Any = None, dtype: Any = None, what: str = "s") -
     batch = p.shape[:-1]
     rows = int(np.prod(batch, dtype=np.int64))
     values = v.reshape((rows, p.shape[-1]))
-    m, n = _shapes(shape, rows, ragged=False)
+    m, n = _shapes(shape, rows, np.full(rows, p.shape[-1]))
     return Spectra(values, m, n, [stored or p.dtype] * rows, p, batch_shape=batch)
 
 
@@ -261,15 +271,27 @@ def _stored_name(dtype: Any) -> str:
     return name
 
 
-def _shapes(shape: Any, rows: int, ragged: bool) -> tuple[np.ndarray, np.ndarray]:
+def _shapes(shape: Any, rows: int, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(m, n) per spectrum from `shape`, checked: whole numbers >= 0 whose smaller side holds at
+    least the k[i] values given."""
     if shape is None:
         nan = np.full(rows, np.nan)
         return nan, nan.copy()
-    arr = np.asarray(shape, dtype=np.float64)
-    if arr.shape == (2,):
+    try:
+        arr = np.asarray(shape, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is not None and arr.shape == (2,):
         arr = np.broadcast_to(arr, (rows, 2))
-    if arr.shape != (rows, 2):
+    if arr is None or arr.shape != (rows, 2):
         raise ValueError(f"shape must be (m, n) or one (m, n) per spectrum, got {shape!r}")
+    if not (np.all(np.isfinite(arr)) and np.all(arr >= 0) and np.all(arr == np.floor(arr))):
+        raise ValueError(f"shape must hold whole numbers >= 0, got {shape!r}")
+    small = arr.min(axis=1)
+    if np.any(small < k):
+        i = int(np.flatnonzero(small < k)[0])
+        raise ValueError(f"shape {tuple(int(x) for x in arr[i])} cannot have {int(k[i])} singular values "
+                         f"(at most min(m, n) = {int(small[i])})")
     return arr[:, 0].copy(), arr[:, 1].copy()
 
 
