@@ -125,3 +125,44 @@ def test_capture_two_passes_gives_nc4(rng):
     assert "nc4" in two.columns and two["nc4"].iloc[0] == pytest.approx(float(np.asarray(ref)), abs=1e-12)
     with pytest.raises(ValueError, match="passes=2"):
         capture(net, loader, labels=False, passes=2, progress=False)
+
+
+def test_capture_float_labels(rng):
+    """Float labels holding whole numbers are labels when num_classes is given (same NC metrics as
+    integer ones); fractional ones are a ValueError naming the batch; without num_classes a float
+    second element is regression targets, ignored as before."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    net = _Net()
+    loader, x, y = _data(rng)
+    ref = capture(net, loader, layers="head", where="input", num_classes=4, progress=False)
+    fl = capture(net, [(a, b.float()) for a, b in loader], layers="head", where="input", num_classes=4,
+                 progress=False)
+    assert fl["status"].iloc[0] == "success" and "nc1" in fl.columns
+    assert fl["nc1"].iloc[0] == ref["nc1"].iloc[0]
+    bad = [(a, b.float()) for a, b in loader]
+    bad[1] = (bad[1][0], bad[1][1] + 0.5)
+    with pytest.raises(ValueError, match="batch 1: labels must be integers"):
+        capture(net, bad, layers="head", where="input", num_classes=4, progress=False)
+    reg = capture(net, bad, layers="head", where="input", progress=False)
+    assert reg["status"].iloc[0] == "success" and "nc1" not in reg.columns
+
+
+def test_capture_empty_batch(rng):
+    """A batch of 0 rows is skipped (results as without it), also for 4-d activations; all-empty
+    loaders say so in the status."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    net = _Net()
+    loader, x, y = _data(rng)
+    empty = (x[:0], y[:0])
+    ref = capture(net, loader, num_classes=4, layers="head", where="input", progress=False)
+    got = capture(net, [loader[0], empty, *loader[1:]], num_classes=4, layers="head", where="input",
+                  progress=False)
+    assert got["status"].iloc[0] == "success"
+    assert got["n_samples"].iloc[0] == ref["n_samples"].iloc[0]
+    assert got["nc1"].iloc[0] == ref["nc1"].iloc[0]
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    xs = torch.from_numpy(rng.standard_normal((5, 3, 7, 7))).float()
+    df = capture(conv, [xs[:0], xs], layers="0", spatial="flatten", progress=False)
+    assert df["status"].iloc[0] == "success" and df["n_samples"].iloc[0] == 5
+    df = capture(net, [empty], progress=False)
+    assert (df["status"] == "every batch was empty (0 rows)").all()

@@ -4,6 +4,7 @@ accumulators (never storing them) and a per-layer table of the collapse diagnost
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -61,20 +62,24 @@ def _rows(t: torch.Tensor, tokens: str, spatial: str) -> tuple[torch.Tensor, int
     if t.ndim == 4:
         if spatial == "mean":
             return t.mean(dim=(2, 3)), 1
-        return t.reshape(t.shape[0], -1), 1
+        return t.reshape(t.shape[0], math.prod(t.shape[1:])), 1
     if t.ndim == 3:
         if tokens == "mean":
             return t.mean(dim=1), 1
-        return t.reshape(-1, t.shape[-1]), t.shape[1]
+        return t.reshape(t.shape[0] * t.shape[1], t.shape[2]), t.shape[1]
     if t.ndim == 1:
         return t[:, None], 1
-    return t.reshape(t.shape[0], -1), 1
+    # explicit widths, not -1: a batch of 0 rows cannot infer one
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])), 1
 
 
 def _split(batch: Any) -> tuple[Any, Any]:
-    """(inputs, labels or None) of a loader's batch: (x, y, ...) tuples/lists and {"input"/"x", "label"/"y"} dicts."""
+    """(inputs, labels or None) of a loader's batch: (x, y, ...) tuples/lists and {"input"/"x", "label"/"y"} dicts.
+
+    A tuple's second tensor is returned whatever its dtype; `_labels` decides whether a floating one
+    is labels (only when neural collapse was asked for) or, say, regression targets (ignored)."""
     if isinstance(batch, (tuple, list)):
-        if len(batch) >= 2 and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point():
+        if len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
             return batch[0], batch[1]
         return batch[0], None
     if isinstance(batch, dict):
@@ -84,6 +89,31 @@ def _split(batch: Any) -> tuple[Any, Any]:
             raise ValueError(f"cannot find the inputs in a batch with keys {sorted(batch)}")
         return x, y
     return batch, None
+
+
+def _labels(y: Any, i: int) -> torch.Tensor:
+    """Batch i's labels as int64 (N,): integer tensors as they are, floating ones only when every
+    value is a whole number (e.g. labels a dataset stored as float); anything else is a ValueError
+    naming the batch, never a silent truncation."""
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)
+    y = y.reshape(-1)
+    if y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"batch {i}: labels must be integers, got {y.dtype}")
+    if y.is_floating_point():
+        ok = torch.isfinite(y) & (y == torch.round(y)) & (y.abs() < 2.0 ** 53)
+        if not bool(ok.all()):
+            bad = float(y[~ok][0])
+            raise ValueError(f"batch {i}: labels must be integers, got a {y.dtype} tensor holding {bad!r}")
+    return y.long()
+
+
+def _rows_of(x: Any) -> int | None:
+    """The batch size of inputs that are one tensor (or a tuple/list starting with one), else None."""
+    if isinstance(x, (tuple, list)) and x:
+        x = x[0]
+    if isinstance(x, torch.Tensor) and x.ndim >= 1:
+        return int(x.shape[0])
+    return None
 
 
 def _to(x: Any, device: torch.device) -> Any:
@@ -122,7 +152,11 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
         Any module, on the CPU or a GPU.
     loader : iterable of batches
         Each batch: inputs, or (inputs, labels, ...), or a dict with "input"/"x"/"input_ids" and
-        "label"/"labels"/"y" keys. Integer labels (N,) are used for neural collapse.
+        "label"/"labels"/"y" keys. Integer labels (N,) are used for neural collapse; floating
+        labels holding whole numbers are too when neural collapse is asked for (labels=True or
+        num_classes/classifier given), else a tuple's floating second element is taken for
+        regression targets and ignored; floating labels that are not whole numbers are a
+        ValueError naming the batch. Batches of 0 rows are skipped.
     layers : str or list of str, optional
         Module names (as in ``model.named_modules()``), regular expressions or globs; default every
         nn.Linear.
@@ -183,7 +217,10 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
     except StopIteration:
         device = torch.device("cpu")
     stats: dict[str, dict[str, Any]] = {name: {} for name, _ in chosen}
-    state = {"labels": None, "pass": 1}
+    state = {"labels": None, "pass": 1, "batches": 0, "empty": 0}
+    # a floating second element of a tuple batch is labels only when neural collapse was asked for
+    # (labels=True or num_classes/classifier given); otherwise it may be regression targets
+    want_nc = labels is True or (labels is None and num_classes is not None)
 
     def hook_for(name: str):
         def hook(module, inputs, output):
@@ -225,14 +262,23 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
             if max_batches is not None and i >= max_batches:
                 break
             x, y = _split(batch)
+            if (isinstance(batch, (tuple, list)) and isinstance(y, torch.Tensor) and y.is_floating_point()
+                    and not want_nc):
+                y = None  # float targets and no neural collapse asked for: not labels
             use = labels if labels is not None else y is not None
+            if p == 1:
+                state["batches"] += 1
+            if _rows_of(x) == 0:  # an empty batch adds nothing (as ActivationStats.update): skip it
+                if p == 1:
+                    state["empty"] += 1
+                continue
             if use:
                 if y is None:
-                    raise ValueError(f"labels=True but batch {i} carries no integer labels")
+                    raise ValueError(f"labels=True but batch {i} carries no labels")
                 if num_classes is None:
                     raise ValueError("the batches carry labels: pass num_classes= (or classifier=) for the "
                                      "neural-collapse metrics, or labels=False")
-                state["labels"] = y.reshape(-1).long()
+                state["labels"] = _labels(y, i)
             else:
                 state["labels"] = None
             x = _to(x, device)
@@ -261,7 +307,9 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
     for name, _ in chosen:
         acc = stats[name]
         if "activations" not in acc:
-            rows.append({"layer": name, "where": where, "status": "not called by the forward pass"})
+            why = ("every batch was empty (0 rows)" if state["batches"] and state["empty"] == state["batches"]
+                   else "not called by the forward pass")
+            rows.append({"layer": name, "where": where, "status": why})
             continue
         r: dict[str, Any] = {"layer": name, "where": where, "d": acc["activations"].d}
         try:
