@@ -133,7 +133,7 @@ def test_capture_float_labels(rng):
     second element is regression targets, ignored as before."""
     torch.manual_seed(int(rng.integers(1 << 31)))
     net = _Net()
-    loader, x, y = _data(rng)
+    loader, _, _ = _data(rng)
     ref = capture(net, loader, layers="head", where="input", num_classes=4, progress=False)
     fl = capture(net, [(a, b.float()) for a, b in loader], layers="head", where="input", num_classes=4,
                  progress=False)

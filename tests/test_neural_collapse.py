@@ -801,3 +801,27 @@ def test_cuda_matches_cpu(rng):
     _close(res["nc1"], float(nc.nc1(h, y)), rtol=1e-10)
     with pytest.raises(ValueError, match="host memory"):
         nc.nc1(hc, y)
+
+
+def test_label_extremes_refused_up_front():
+    """A huge label with K inferred is a ValueError (K > N leaves empty classes), not an 8 TiB
+    allocation; uint64 labels >= 2**63 are reported with their real value; NeuralCollapse refuses a
+    K, d whose accumulators cannot fit before the first update."""
+    import rankscope.neural_collapse as ncm
+
+    h = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match=r"K > N leaves empty classes; pass num_classes="):
+        ncm.nc1(h, np.array([0, 1, 0, 2**40]))
+    with pytest.raises(ValueError, match=r"K > N"):
+        ncm.nc1(h, np.array([0, 1, 2, 9]))
+    big = np.array([0, 1, 0, 2**63 + 1], dtype=np.uint64)
+    with pytest.raises(ValueError, match=str(2**63 + 1)):
+        ncm.nc1(h, big)
+    acc = ncm.NeuralCollapse(2, 3)
+    with pytest.raises(ValueError, match=str(2**63 + 1)):
+        acc.update(h, big)
+    with pytest.raises(ValueError, match=r"K=1099511627776, d=4"):
+        ncm.NeuralCollapse(2**40, 4)
+    with pytest.raises(ValueError, match=r"d=1099511627776"):
+        ncm.NeuralCollapse(3, 2**40)
+    ncm.NeuralCollapse(1000, 512)  # sane sizes still construct

@@ -196,6 +196,11 @@ def as_labels(y: Any, ops: Ops, n: int, what: str = "labels") -> Any:
         torch = sys.modules["torch"]
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise TypeError(f"{what} must be integers, got {y.dtype}")
+        if y.dtype == getattr(torch, "uint64", None) and y.numel():
+            # int64 would wrap labels >= 2**63 to negatives: report the real value
+            big = y.cpu().numpy()
+            if int(big.max()) > np.iinfo(np.int64).max:
+                raise ValueError(f"{what} must fit in int64 (and lie in 0..K-1), got label {int(big.max())}")
         if ops.kind == "torch":
             if y.device != ops.device:
                 raise ValueError(f"{what} is on {y.device} but the features are on {ops.device}")
@@ -208,6 +213,9 @@ def as_labels(y: Any, ops: Ops, n: int, what: str = "labels") -> Any:
         a = np.asarray(y)
         if a.dtype.kind not in "iu":
             raise TypeError(f"{what} must be integers, got dtype {a.dtype}")
+        if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+            # int64 would wrap labels >= 2**63 to negatives: report the real value
+            raise ValueError(f"{what} must fit in int64 (and lie in 0..K-1), got label {int(a.max())}")
         a = a.astype(np.int64)
         if ops.kind == "torch":
             if ops.device.type != "cpu":

@@ -37,8 +37,10 @@ caller's framework: a numpy scalar, or a 0-d tensor on the input's device.
 
 Errors: a class without samples raises ValueError naming it; so do labels outside 0..K−1 and
 K = 1 for NC1, CDNV, NC2 and NC3 (they compare classes). K is ``num_classes=`` when given, else
-the number of rows of W, else max(label) + 1. NaN/Inf features raise ValueError
-(``check_finite=False``: NaN results).
+the number of rows of W, else max(label) + 1 (a ValueError, before allocating, when that exceeds
+the number of samples N: some class would be empty). NaN/Inf features raise ValueError
+(``check_finite=False``: NaN results). `NeuralCollapse(K, d)` refuses at construction a K, d whose
+float64 accumulators exceed the machine's RAM.
 
 `NeuralCollapse` accumulates the same statistics over batches in O(K d + d²) memory, in one pass
 (shifted moments) or two (class means, then the centred Σ_W, as the reference implementations do).
@@ -47,6 +49,7 @@ the number of rows of W, else max(label) + 1. NaN/Inf features raise ValueError
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -130,6 +133,26 @@ def _num_classes(num_classes: Any, what: str = "num_classes") -> int | None:
     return int(num_classes)
 
 
+def _physical_memory() -> int | None:
+    """Bytes of host RAM, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_footprint(K: int, d: int) -> None:
+    """NeuralCollapse keeps float64 (K, d) shifts and class sums, a (d, d) scatter and K-vectors;
+    refuse up front (naming K and d) when they cannot fit in this machine's RAM, instead of a
+    MemoryError on the first update. GPU memory is not queried here (no device is known yet)."""
+    need = 8 * (2 * K * d + d * d + 3 * K)
+    ram = _physical_memory()
+    if ram is not None and need > ram:
+        raise ValueError(f"NeuralCollapse(K={K}, d={d}) needs {need / 2**30:.3g} GiB of float64 accumulators "
+                         f"(2·K·d + d² + 3·K values), more than this machine's {ram / 2**30:.3g} GiB of RAM; "
+                         "check K (num_classes) and d")
+
+
 def _checked_labels(labels: Any, ops: Ops, n: int, K: int | None) -> tuple[Any, int]:
     """int64 labels on the features' device and K (given, or max + 1), or ValueError."""
     y = as_labels(labels, ops, n)
@@ -137,6 +160,11 @@ def _checked_labels(labels: Any, ops: Ops, n: int, K: int | None) -> tuple[Any, 
         raise ValueError("no samples: H has 0 rows")
     lo, hi = int(y.min()), int(y.max())
     if K is None:
+        if lo >= 0 and hi + 1 > n:
+            # K = max + 1 classes from n < K samples: some class is necessarily empty (and a huge label
+            # would allocate K x d class sums first)
+            raise ValueError(f"the largest label is {hi}, so K = max(label) + 1 = {hi + 1} classes, more than the "
+                             f"{n} samples: K > N leaves empty classes; pass num_classes= if you mean it")
         K = hi + 1
     if lo < 0 or hi >= K:
         raise ValueError(f"labels must lie in 0..K-1 = 0..{K - 1}; got label {lo if lo < 0 else hi}")
@@ -693,6 +721,7 @@ class NeuralCollapse:
         self.d = _num_classes(d, "d")
         if passes not in (1, 2) or isinstance(passes, bool):
             raise ValueError(f"passes must be 1 or 2, got {passes!r}")
+        _check_footprint(self.K, self.d)
         if b is not None and W is None:
             raise ValueError("b was given without W")
         self.passes, self.weighted, self.bias, self.check_finite = passes, bool(weighted), bool(bias), check_finite
