@@ -251,6 +251,20 @@ def test_nonfinite_tensor_is_reported(rng):
 
 
 
+def test_unusable_report_path_fails_before_scanning(tmp_path):
+    """A corrupt report at out= (resume on) names the file and the way out; a folder the report cannot
+    be written to is refused before any model is scanned."""
+    for name, text in (("bad.csv", '\x00garbage"\n"a,b'), ("bad.json", "{not json")):
+        p = tmp_path / name
+        p.write_text(text)
+        with pytest.raises(ValueError, match=r"cannot resume from the report at .*no-resume"):
+            rs.scan({"w": np.eye(4)}, progress=False, out=p)
+        assert list(rs.scan({"w": np.eye(4)}, progress=False, out=p, resume=False).layers["status"]) == ["success"]
+    with pytest.raises(FileNotFoundError, match="cannot write a report"):
+        rs.scan({"w": np.eye(4)}, progress=False, out=tmp_path / "missing" / "r.csv")
+    assert not list((tmp_path).glob(".rankscope-probe-*"))
+
+
 def test_model_with_nothing_to_scan_keeps_its_row(rng):
     """A model holding no tensors is an error row in its place; one whose tensors the layers= filter
     all drops is a skipped row saying so; neither disappears from the report."""

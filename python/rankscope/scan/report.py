@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,7 +209,18 @@ class Resume:
     def __init__(self, out: str | os.PathLike | None, resume: bool):
         self.out = out
         read = out is not None and resume and os.path.exists(out)
-        self.previous = ScanReport.read(out).layers if read else layer_frame([])
+        try:
+            self.previous = ScanReport.read(out).layers if read else layer_frame([])
+        except Exception as e:
+            raise ValueError(f"out: cannot resume from the report at {os.fspath(out)!r} ({type(e).__name__}: {e}); "
+                             "move it away, or pass resume=False (--no-resume) to overwrite it") from e
+        if out is not None:  # fail before any scanning if the report cannot be written there
+            folder = os.path.dirname(os.path.abspath(out))
+            try:
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".rankscope-probe-"):
+                    pass
+            except OSError as e:
+                raise type(e)(f"out: cannot write a report in {folder!r}: {e.strerror or e}") from e
         self.done = resume_keys(self.previous)
         self.saved = False
         self._rescanned: set[str] = set()  # paths scanned again: their old rows are replaced
