@@ -195,6 +195,24 @@ def test_batched_and_ragged(rng, framework):
         _close(g, lightly_std_of_l2_normalized(m))
 
 
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_scale_invariant_diagnostics_at_extreme_float64_scales(rng, framework):
+    """The scale-invariant diagnostics give the same value for c·Z at c = 1e±160 and 1e300 (finite
+    float64 data whose squares or norm products overflow or underflow), and a collapsed cloud of
+    huge rows still has cosine 1."""
+    Z = rng.standard_normal((2, 7, 5))
+    fns = {"cosine": rc.mean_pairwise_cosine, "std_l2": rc.std_of_l2_normalized,
+           "token_rank": lambda z: rc.token_rank_collapse(z, reduce="none"),
+           "spectrum": lambda z: rc.dimensional_collapse_spectrum(z)["eigenvalues"]}
+    for name, fn in fns.items():
+        ref = np.asarray(fn(to_framework(Z, framework)), dtype=np.float64)
+        for c in (1e160, 1e-160, 1e300):
+            got = np.asarray(fn(to_framework(Z * c, framework)), dtype=np.float64)
+            np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-15, err_msg=f"{name} at {c}")
+    same = to_framework(np.full((3, 2), 1e160), framework)
+    assert float(rc.mean_pairwise_cosine(same)) == pytest.approx(1.0, abs=1e-14)
+
+
 def test_float32_and_integer_inputs(rng):
     z = rng.standard_normal((40, 8)).astype(np.float32)
     _close(rc.std_of_l2_normalized(z), lightly_std_of_l2_normalized(z.astype(np.float64)))

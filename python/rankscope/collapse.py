@@ -97,9 +97,13 @@ def _zeroed(a: Any, bad: Any, ops: Ops, core: int = 2) -> Any:
 def _l2_normalize(a: Any, ops: Ops) -> tuple[Any, Any]:
     """Rows divided by their L2 norm, zero rows left zero; and the (..., N) "row is non-zero" flags."""
     xp = ops.xp
-    norms = xp.sqrt(xp.sum(a * a, axis=-1, keepdims=True))
-    nonzero = norms > 0
-    u = xp.where(nonzero, a / xp.where(nonzero, norms, ops.scalar(1.0)), ops.scalar(0.0))
+    # each row over its largest |entry| first, so that squares neither overflow nor underflow
+    # (finite float64 rows beyond ~1e154 or below ~1e-154 came out wrong)
+    big = xp.amax(xp.abs(a), axis=-1, keepdims=True)
+    nonzero = big > 0
+    b = a / xp.where(nonzero, big, ops.scalar(1.0))
+    norms = xp.sqrt(xp.sum(b * b, axis=-1, keepdims=True))
+    u = xp.where(nonzero, b / xp.where(nonzero, norms, ops.scalar(1.0)), ops.scalar(0.0))
     return u, nonzero[..., 0]
 
 
@@ -321,7 +325,7 @@ def _induced_norm(m: Any, ops: Ops) -> Any:
     absm = xp.abs(m)
     one = xp.amax(xp.sum(absm, axis=-2), axis=-1)
     inf = xp.amax(xp.sum(absm, axis=-1), axis=-1)
-    return xp.sqrt(one * inf)
+    return xp.sqrt(one) * xp.sqrt(inf)  # not sqrt(one · inf): that product overflows from ~1e154
 
 
 def token_rank_collapse(X: Any, *, center: str = "mean", reduce: str = "mean", check_finite: bool = True) -> Any:
