@@ -126,6 +126,18 @@ def test_participation_ratio_nan_without_check(rng):
     assert np.array_equal(pr[[0, 2]], rs.participation_ratio(x[[0, 2]]))
 
 
+@pytest.mark.parametrize("center", [True, False])
+def test_participation_ratio_at_extreme_float64_scales(rng, center):
+    """PR is scale-free: the same value for c·X at c = 1e±160 and 1e300, where the squares of the
+    covariance's entries overflow or underflow; numpy and torch (and JAX on the host) alike."""
+    x = rng.standard_normal((2, 9, 4))
+    ref = rs.participation_ratio(x, center=center)
+    for c in (1e160, 1e-160, 1e300):
+        np.testing.assert_allclose(rs.participation_ratio(x * c, center=center), ref, rtol=1e-13)
+        np.testing.assert_allclose(rs.participation_ratio(torch.from_numpy(x * c), center=center).numpy(), ref,
+                                   rtol=1e-13)
+
+
 # ---- bad inputs ----------------------------------------------------------------------------------
 
 

@@ -418,6 +418,9 @@ def test_class_mean_rank(rng, framework):
     assert int(nc.class_mean_rank(tiny, lab7)) == r  # 1e-8 below atol = 1e-6
     assert int(nc.class_mean_rank(tiny, lab7, atol=1e-12)) == r + 1
     assert int(nc.class_mean_rank(tiny, lab7, atol=0, rtol=1e-3)) == r
+    assert int(nc.class_mean_rank(tiny, lab7, atol=np.float32(0), rtol=np.float64(1e-3))) == r  # numpy scalars
+    with pytest.raises(ValueError, match="atol"):
+        nc.class_mean_rank(tiny, lab7, atol=True)
     got = nc.class_mean_rank(h, lab)
     assert (got.dtype == torch.int64) if framework == "torch" else isinstance(got, np.integer)
 

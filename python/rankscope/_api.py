@@ -278,6 +278,9 @@ def participation_ratio(x, *, center=True, check_finite=True):
         # exact zeros (x - mean(x) leaves rounding residue, whose PR is garbage instead of 0.0).
         a = a - a[..., :1, :]
         a = a - a.mean(axis=-2, keepdims=True)
+    # over the largest |entry| (PR is scale-free): C's squares must not overflow or underflow
+    big = np.max(np.abs(a), axis=(-2, -1), keepdims=True) if a.size else np.ones(a.shape[:-2] + (1, 1))
+    a = a / np.where(big > 0, big, 1.0)
     at = np.swapaxes(a, -1, -2)
     c = at @ a if a.shape[-1] <= a.shape[-2] else a @ at
     tr = np.trace(c, axis1=-2, axis2=-1)
@@ -294,18 +297,20 @@ def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool):
         import torch as xp
 
         a = p.data.to(xp.float64)
-        at = a.transpose(-1, -2)
     else:
         import cupy as xp
 
         a = p.data.astype(xp.float64)
-        at = xp.swapaxes(a, -1, -2)
     if check_finite and not bool(xp.isfinite(a).all()):
         raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
     if center:
         a = a - a[..., :1, :]
         a = a - a.mean(-2, keepdims=True) if p.kind == "cupy" else a - a.mean(-2, keepdim=True)
-        at = a.transpose(-1, -2) if p.kind == "torch" else xp.swapaxes(a, -1, -2)
+    if a.numel() if p.kind == "torch" else a.size:  # over the largest |entry|, as on the host
+        big = (xp.abs(a).amax((-2, -1), keepdim=True) if p.kind == "torch"
+               else xp.abs(a).max(axis=(-2, -1), keepdims=True))
+        a = a / xp.where(big > 0, big, xp.ones_like(big))
+    at = a.transpose(-1, -2) if p.kind == "torch" else xp.swapaxes(a, -1, -2)
     c = at @ a if a.shape[-1] <= a.shape[-2] else a @ at
     tr = c.diagonal(0, -2, -1).sum(-1) if p.kind == "torch" else xp.trace(c, axis1=-2, axis2=-1)
     fro2 = (c * c).sum((-2, -1)) if p.kind == "torch" else (c * c).sum(axis=(-2, -1))
@@ -327,6 +332,9 @@ def _participation_ratio_jax(a: Any, center: bool, check_finite: bool) -> Any:
         if center:
             a = a - a[..., :1, :]
             a = a - a.mean(-2, keepdims=True)
+        if a.size:  # over the largest |entry|, as on the host
+            big = jnp.abs(a).max(axis=(-2, -1), keepdims=True)
+            a = a / jnp.where(big > 0, big, 1.0)
         at = jnp.swapaxes(a, -1, -2)
         c = at @ a if a.shape[-1] <= a.shape[-2] else a @ at
         tr = jnp.trace(c, axis1=-2, axis2=-1)
