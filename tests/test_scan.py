@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -249,6 +251,41 @@ def test_nonfinite_tensor_is_reported(rng):
     assert rows["bad"]["status"] == "failed" and "non-finite" in rows["bad"]["warning"]
     assert rows["ok"]["status"] == "success"
 
+
+
+def test_report_read_while_a_scan_rewrites_it(tmp_path):
+    """Reading a Parquet report while a scan replaces it (its atomic rewrite after every window) sees
+    one whole file or the other: pyarrow given the path opened it more than once, and read one
+    file's footer with the next one's pages (~20 errors a second here)."""
+    pytest.importorskip("pyarrow")
+    from rankscope.scan.report import ScanReport, layer_frame
+
+    path = tmp_path / "report.parquet"
+    reps = [ScanReport(layer_frame([{"model": f"m{i}", "name": f"l{j}", "tensor": "t", "status": "success",
+                                     "sv_max": float(j)} for j in range(n)])) for i, n in enumerate((3, 300, 30, 3000))]
+    reps[0].save(path)
+    stop, errors, lengths = threading.Event(), [], set()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            reps[i % len(reps)].save(path)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                lengths.add(len(ScanReport.read(path).layers))
+            except Exception as e:  # noqa: BLE001 - collected, asserted below
+                errors.append(repr(e))
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:3]
+    assert lengths <= {3, 300, 30, 3000} and len(lengths) > 1
 
 
 def test_unusable_report_path_fails_before_scanning(tmp_path):

@@ -6,6 +6,7 @@ switch; the extra columns say where a row came from and whether the layer looks 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -345,7 +346,14 @@ def _read_json(path: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(doc["layers"] if isinstance(doc, dict) else doc)
 
 
-_PARQUET = ReportFormat("to_parquet", lambda p: pd.read_parquet(p), ("pyarrow", "parquet"))
+def _read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    # one open, read whole: pyarrow given a path opens it more than once, and a scan that replaces
+    # the report in between (its atomic rewrite) made it read one file's footer with another's pages
+    with open(path, "rb") as f:
+        return pd.read_parquet(io.BytesIO(f.read()))
+
+
+_PARQUET = ReportFormat("to_parquet", _read_parquet, ("pyarrow", "parquet"))
 #: Report formats by lower-case file suffix: save(), read() and scan(out=) all look them up here.
 FORMATS = {".csv": ReportFormat("to_csv", lambda p: pd.read_csv(p, keep_default_na=True)),
            ".parquet": _PARQUET, ".pq": _PARQUET, ".json": ReportFormat("to_json", _read_json)}
