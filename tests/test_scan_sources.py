@@ -740,3 +740,91 @@ def test_onnx_external_data_bin_is_not_a_model(tmp_path, rng):
     assert sorted(out) == ["net/model", "net/other"]
     assert all(isinstance(s, ModelSource) for s in out.values()), out
     np.testing.assert_array_equal(next(out["net/model"].tensors()).load(), w)
+
+
+# ---- files that shrink while they are scanned ----------------------------------------------------
+
+_SHRINK_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    from rankscope.scan.sources import ModelSource, open_sources
+
+    kind, path = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((256, 512)).astype(np.float32) for _ in range(2))
+    if kind == "safetensors":
+        from safetensors.numpy import save_file
+        save_file({"a": a, "b": b}, path)
+    elif kind == "torch":
+        import torch
+        torch.save({"a": torch.from_numpy(a), "b": torch.from_numpy(b)}, path)
+    else:
+        import gguf
+        w = gguf.GGUFWriter(path, "llama")
+        w.add_tensor("a", a)
+        w.add_tensor("b", b)
+        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    (src,) = open_sources(path)
+    assert isinstance(src, ModelSource), src
+    infos = {i.name: i for i in src.tensors()}
+    first = np.asarray(infos["a"].load())  # the memory map exists and has been read
+    assert float(first.sum()) == float(a.sum())
+    os.truncate(path, 4096)  # b's pages now lie past the end of the file
+    try:
+        np.asarray(infos["b"].load()).sum()  # SIGBUS without the guard
+    except OSError as e:
+        print("raised:", e)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "torch", "gguf"])
+def test_file_truncated_while_mapped_raises_instead_of_sigbus(tmp_path, kind):
+    """A memory-mapped file cut short under its map: the next load raises OSError naming the
+    file; touching its pages would kill the interpreter with SIGBUS (run in a subprocess, so that a
+    regression fails this test and not the whole session)."""
+    path = tmp_path / {"safetensors": "m.safetensors", "torch": "m.pt", "gguf": "m.gguf"}[kind]
+    r = subprocess.run(
+        [sys.executable, "-c", _SHRINK_SCRIPT, kind, str(path)],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert f"raised: {path} shrank from" in r.stdout, r.stdout
+    assert "to 4096 bytes while it was being scanned" in r.stdout
+
+
+def test_a_file_replaced_by_rename_keeps_its_map(tmp_path, rng):
+    """An atomic rewrite (a new file renamed over the old one) is not a shrink: the map still
+    holds the old file's pages, and the loads give the data that was listed."""
+    a = rng.standard_normal((64, 32)).astype(np.float32)
+    p = tmp_path / "m.safetensors"
+    save_st(p, {"a": a, "b": a + 1})
+    src = only(p)
+    infos = {i.name: i for i in src.tensors()}
+    np.testing.assert_array_equal(infos["a"].load(), a)
+    save_st(tmp_path / "new.safetensors", {"c": np.zeros((2, 2), np.float32)})
+    os.replace(tmp_path / "new.safetensors", p)
+    np.testing.assert_array_equal(infos["b"].load(), a + 1)
+
+
+def test_scan_reports_a_file_that_shrinks_and_goes_on(tmp_path, rng, monkeypatch):
+    """In a scan, the shrunk file's tensors become error rows naming it; the next file is scanned."""
+    import rankscope
+    from rankscope.scan import sources
+
+    save_st(tmp_path / "a.safetensors", {"w": rng.standard_normal((40, 30)).astype(np.float32)})
+    save_st(tmp_path / "b.safetensors", {"w": rng.standard_normal((40, 30)).astype(np.float32)})
+    check = sources._SizeGuard.check
+
+    def truncate_a_first(self):
+        if self.path.endswith("a.safetensors") and os.path.getsize(self.path) > 100:
+            os.truncate(self.path, 100)
+        check(self)
+
+    monkeypatch.setattr(sources._SizeGuard, "check", truncate_a_first)
+    rep = rankscope.scan(tmp_path)
+    rows = rep.layers.set_index("model")
+    assert rows.loc["b", "status"] == "success" and np.isfinite(rows.loc["b", "sv_max"])
+    assert rows.loc["a", "status"] == "error"
+    assert "a.safetensors shrank from" in rows.loc["a", "warning"]

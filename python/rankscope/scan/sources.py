@@ -301,6 +301,34 @@ class _Closable:
         self.closed = True
 
 
+class _SizeGuard:
+    """Memory-mapped files must not shrink under their map.
+
+    Touching a mapped page past a file's new end kills the process with SIGBUS, so each tensor's
+    load calls ``check()`` first: it raises OSError when the file at ``path`` is still the one
+    opened (same device and inode) and now shorter than it was. A file replaced by a new one (a
+    rename) is fine: the map keeps the old file's pages. This narrows the window to the time the
+    engine reads one tensor; it cannot close it (no reader of memory maps can, short of copying).
+    """
+
+    def __init__(self, path: str):
+        st = os.stat(path)
+        self.path = path
+        self._id = (st.st_dev, st.st_ino)
+        self._size = st.st_size
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return  # removed: an unlinked file's pages stay readable through the map
+        if (st.st_dev, st.st_ino) == self._id and st.st_size < self._size:
+            raise OSError(
+                f"{self.path} shrank from {self._size} to {st.st_size} bytes while it was being "
+                "scanned (truncated or being rewritten in place); scan it again once it is complete"
+            )
+
+
 # ---- safetensors ---------------------------------------------------------------------------------
 
 #: safetensors dtype code → (our dtype name, little-endian numpy dtype it is viewed as).
@@ -360,6 +388,7 @@ class _SafetensorsFile(_Closable):
         self.label = f"safetensors file {path}"
         # our own read first: safe_open reports every failure to open (permission denied, ELOOP...)
         # as "No such file or directory", Python's open raises the real OSError
+        self._guard = _SizeGuard(path)  # before the header: what safe_open validates is this size
         header, self._start = read_safetensors_header(path)
         with safe_open(path, framework="numpy") as f:
             names = set(f.keys())
@@ -387,6 +416,7 @@ class _SafetensorsFile(_Closable):
 
     def load(self, name: str) -> np.ndarray:
         self._check_open()
+        self._guard.check()
         begin, end, code, shape = self._entries[name]
         if code not in _ST_DTYPES:
             raise NotImplementedError(
@@ -466,15 +496,21 @@ def _no_tensors_error(obj: Any) -> str | None:
 class _MappingReader(_Closable):
     """A state dict: names → torch tensors or numpy arrays; other entries are skipped."""
 
-    def __init__(self, sd: Mapping, label: str):
+    def __init__(self, sd: Mapping, label: str, guard: _SizeGuard | None = None):
         self._sd = sd
         self.label = label
+        self._guard = guard  # the memory-mapped checkpoint's, if any
+
+    def _check(self) -> None:
+        self._check_open()
+        if self._guard is not None:
+            self._guard.check()
 
     def tensors(self) -> Iterator[TensorInfo]:
         self._check_open()
         for k, v in self._sd.items():
             if _is_array(v):
-                yield _array_info(str(k), v, self._check_open)
+                yield _array_info(str(k), v, self._check)
 
     def close(self) -> None:
         self._sd = {}
@@ -510,24 +546,26 @@ class _ModuleReader(_Closable):
         super().close()
 
 
-def _torch_load(path: str) -> tuple[Any, bool]:
-    """(object, memory-mapped?) of a torch checkpoint; only zipfile checkpoints can be mapped."""
+def _torch_load(path: str) -> tuple[Any, _SizeGuard | None]:
+    """(object, its memory map's guard) of a torch checkpoint; only zipfile checkpoints are mapped
+    (the guard is None for the others, read whole)."""
     torch = optional_import("torch", None, "PyTorch checkpoints")
     _check_regular(path)
     if os.path.getsize(path) == 0:
         raise ValueError("file is empty")
-    mmap = zipfile.is_zipfile(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    return obj, mmap
+    guard = _SizeGuard(path) if zipfile.is_zipfile(path) else None
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=guard is not None)
+    return obj, guard
 
 
-def _state_dict_of_file(path: str) -> tuple[Mapping, bool]:
-    obj, mmap = _torch_load(path)
+def _state_dict_of_file(path: str) -> tuple[Mapping, _SizeGuard | None]:
+    """The state dict in a torch checkpoint, and its memory map's guard (None: read whole)."""
+    obj, guard = _torch_load(path)
     sd = unwrap_state_dict(obj)
     why = _no_tensors_error(sd)
     if why:
         raise ValueError(why)
-    return sd, mmap
+    return sd, guard
 
 
 class _TorchShardsReader(_Closable):
@@ -539,18 +577,20 @@ class _TorchShardsReader(_Closable):
 
     def __init__(self, shards: dict[str, list[str]], label: str):
         self._shards = shards  # shard path → tensor names it owns, in index order
-        self._cache: dict[str, Mapping] = {}
+        self._cache: dict[str, tuple[Mapping, _SizeGuard | None]] = {}
         self.label = label
 
     def _shard(self, path: str) -> Mapping:
         self._check_open()
-        sd = self._cache.get(path)
-        if sd is None:
-            sd, mmap = _state_dict_of_file(path)
-            if not mmap:
+        cached = self._cache.get(path)
+        if cached is None:
+            cached = _state_dict_of_file(path)
+            if cached[1] is None:  # read whole: keep only this one
                 self._cache.clear()
-            self._cache[path] = sd
-        return sd
+            self._cache[path] = cached
+        elif cached[1] is not None:
+            cached[1].check()
+        return cached[0]
 
     def tensors(self) -> Iterator[TensorInfo]:
         for path, names in self._shards.items():
@@ -632,6 +672,7 @@ class _GGUFReader(_Closable):
         self._gguf = optional_import("gguf", "gguf", "GGUF files")
         self.label = f"GGUF file {path}"
         self.path = path
+        self._guard = _SizeGuard(path)
         self._reader = self._gguf.GGUFReader(path, "r")
         self.meta = {}
         for key, fld in self._reader.fields.items():
@@ -652,6 +693,7 @@ class _GGUFReader(_Closable):
 
     def _load(self, t) -> np.ndarray:
         self._check_open()
+        self._guard.check()
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         qtype = t.tensor_type.name
         if qtype == "BF16":
@@ -847,8 +889,8 @@ def _open_file_unguarded(path: str, name: str) -> ModelSource:
         if f.metadata:
             meta["metadata"] = dict(f.metadata)
     elif kind == "torch":
-        sd, _ = _state_dict_of_file(path)
-        reader = _MappingReader(sd, f"PyTorch checkpoint {path}")
+        sd, guard = _state_dict_of_file(path)
+        reader = _MappingReader(sd, f"PyTorch checkpoint {path}", guard)
     elif kind == "npz":
         reader = _NpzReader(path)
     elif kind == "gguf":
