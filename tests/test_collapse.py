@@ -213,6 +213,19 @@ def test_scale_invariant_diagnostics_at_extreme_float64_scales(rng, framework):
     assert float(rc.mean_pairwise_cosine(same)) == pytest.approx(1.0, abs=1e-14)
 
 
+def test_feature_std_at_extreme_float64_scales(rng, framework):
+    """feature_std is homogeneous: c·Z has std c·std(Z) (the formula in float64 on Z) for c = 1e±160,
+    1e±300, where the squares of the deviations overflow or underflow; gamma scales with it."""
+    Z = rng.standard_normal((2, 9, 4)) * np.array([1.0, 1e-3, 3.0, 0.5])
+    ref = np.stack([ref_feature_std(z, 1.0)[2] for z in Z])
+    for c in (1e160, 1e-160, 1e300, 1e-300):
+        out = rc.feature_std(to_framework(Z * c, framework), gamma=0.7 * c)
+        np.testing.assert_allclose(np.asarray(out["std"], dtype=np.float64), ref * c, rtol=1e-14, err_msg=f"{c}")
+        np.testing.assert_allclose(np.asarray(out["mean_std"], dtype=np.float64), ref.mean(-1) * c, rtol=1e-14)
+        np.testing.assert_array_equal(np.asarray(out["frac_below_gamma"], dtype=np.float64),
+                                      (ref < 0.7).mean(-1))
+
+
 def test_float32_and_integer_inputs(rng):
     z = rng.standard_normal((40, 8)).astype(np.float32)
     _close(rc.std_of_l2_normalized(z), lightly_std_of_l2_normalized(z.astype(np.float64)))

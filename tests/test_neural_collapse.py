@@ -277,6 +277,37 @@ def test_every_metric_against_formulas(rng, framework, weighted, dtype):
     np.testing.assert_array_equal(_np(x).astype(np.float64), before)  # inputs are not modified
 
 
+@pytest.mark.parametrize("c", [2.0**530, 1e300, 1e-160, 1e-300])
+def test_extreme_float64_scales(rng, framework, c):
+    """Finite float64 features at c·h, where squares and Gram entries overflow (c·h beyond ~1e154)
+    or underflow (below ~1e-154): the scale-invariant metrics equal the formulas on h, NC4 with W/c
+    (the same logits) and the class-mean rank with atol·c. Before, NC1/CDNV/NC2 came out NaN, inf
+    or wrong (equiangularity 1/3 for 0.46)."""
+    K, d = 4, 9
+    h, y, _ = planted(rng, K, d, noise=0.5)
+    s = ref_stats(h, y, K)
+    w, b = rng.standard_normal((K, d)), rng.standard_normal(K)
+    x, lab = to_framework(h * c, framework), _labels(y, framework)
+    wc, wf, bf = to_framework(w / c, framework), to_framework(w * c, framework), to_framework(b, framework)
+    mt = s["mt"]
+    _close(nc.nc1(x, lab), ref_nc1(h, y, K))
+    _close(nc.nc1(x, lab, variant="topk"), ref_nc1(h, y, K))  # K − 1 well-separated eigenvalues
+    _close(nc.nc1_quotient(x, lab), np.trace(s["sw"]) / np.trace(s["sb"]))
+    _close(nc.cdnv(x, lab), ref_cdnv(s, K))
+    _close(nc.nc2_equinorm(x, lab), ref_equinorm(mt))
+    _close(nc.nc2_equiangularity(x, lab), ref_equiangularity(mt))
+    _close(nc.nc2_etf_error(x, lab), ref_etf_error(mt))
+    _close(nc.nc2_equiangularity(on="W", W=wf), ref_equiangularity(w))
+    _close(nc.nc2_etf_error(on="W", W=wf), ref_etf_error(w))
+    _close(nc.nc3(x, lab, wf), np.sum((w / np.linalg.norm(w) - mt / np.linalg.norm(mt)) ** 2))
+    _close(nc.nc3(x, lab, wf, variant="zhu"), ref_etf_error_cross(w @ mt.T))
+    _close(nc.nc4(x, lab, wc, bf), ref_nc4(h, y, K, w, b), atol=0)
+    assert int(nc.class_mean_rank(x, lab, atol=1e-6 * c)) == K
+    row = nc.deep_neural_collapse([x], lab).iloc[0]
+    _close(row["nc1"], ref_nc1(h, y, K))
+    _close(row["cdnv"], ref_cdnv(s, K))
+
+
 def ref_etf_error_cross(a):
     K = len(a)
     return np.linalg.norm(a / np.linalg.norm(a) - (np.eye(K) - 1 / K) / math.sqrt(K - 1))

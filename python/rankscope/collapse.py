@@ -114,6 +114,16 @@ def _batch_var(a: Any, ops: Ops) -> Any:
     return xp.sum(c * c, axis=-2) / (a.shape[-2] - 1)
 
 
+def _batch_std(a: Any, ops: Ops) -> Any:
+    """Per-column std over the rows (axis -2), ddof 1, of each column over its largest |entry|, times
+    that: the squares neither overflow nor underflow (finite float64 columns beyond ~1e154 gave inf,
+    below ~1e-154 0)."""
+    xp = ops.xp
+    big = xp.amax(xp.abs(a), axis=-2, keepdims=True)
+    big = xp.where(big > 0, big, ops.scalar(1.0))
+    return xp.sqrt(_batch_var(a / big, ops)) * big[..., 0, :]
+
+
 def _is_real(v: Any) -> bool:
     """A finite real number: Python or numpy scalars (numbers.Real), not bool."""
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
@@ -148,7 +158,7 @@ def feature_std(Z: Any, *, gamma: float = 1.0, check_finite: bool = True) -> dic
     a, ops = _rows(Z)
     bad = _bad_matrices(a, ops, "Z", check_finite)
     xp = ops.xp
-    std = xp.sqrt(_batch_var(a, ops))
+    std = _batch_std(a, ops)
     frac = ops.count(std < float(gamma), -1) / a.shape[-1]
     return {
         "mean_std": ops.out(_nan_where(xp.mean(std, axis=-1), bad, ops)),

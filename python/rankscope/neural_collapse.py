@@ -93,6 +93,10 @@ class _Moments:
     eps: float  # eps of the dtype the features were stored in
     weighted: bool
     sw: Any = None  # Σ_W (d, d), when it was formed (the accumulator)
+    # quad, tr_sw, var_c and sw are those of the features divided by `scale` (max |h| for the
+    # one-shot functions, so that squares neither overflow nor underflow; 1 in the accumulator): every
+    # metric that reads them is scale-invariant and pairs them with unit_centred_means()
+    scale: Any = 1.0
 
     @property
     def K(self) -> int:
@@ -110,6 +114,22 @@ class _Moments:
 
     def centred_means(self) -> Any:
         return self.means - self.global_mean()
+
+    def unit_centred_means(self) -> Any:
+        """centred_means() / scale: on the scale of the within-class statistics."""
+        return self.centred_means() / self.scale
+
+
+def _unit(x: Any, ops: Ops) -> tuple[Any, Any]:
+    """(x / max |x|, max |x|), 1 for an empty or zero x: the scale-invariant metrics work on x / max |x|
+    so that sums of squares neither overflow (finite float64 data beyond ~1e154 gave NaN and inf)
+    nor underflow (below ~1e-154: inf, or ±0 cancelling to wrong values)."""
+    xp = ops.xp
+    if math.prod(x.shape) == 0:
+        return x, ops.scalar(1.0)
+    big = xp.amax(xp.abs(x))
+    big = xp.where(big > 0, big, ops.scalar(1.0))
+    return x / big, big
 
 
 def _check_classes(counts_host: np.ndarray) -> None:
@@ -224,7 +244,8 @@ def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = Non
     means = ops.class_sums(h, y, K) / counts[:, None]
     if not within:
         return _Moments(ops, counts, means, None, None, None, eps_of(dtype), bool(weighted)), h, y, ops
-    dev = h - means[y]
+    _, scale = _unit(h, ops)
+    dev = (h - means[y]) / scale
     n = h.shape[0]
     rowsq = xp.sum(dev * dev, axis=1)
     var_c = ops.class_sums(rowsq[:, None], y, K)[:, 0] / counts
@@ -233,7 +254,7 @@ def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = Non
         p = dev @ v
         return xp.sum(p * p, axis=0) / n
 
-    m = _Moments(ops, counts, means, quad, xp.sum(rowsq) / n, var_c, eps_of(dtype), bool(weighted))
+    m = _Moments(ops, counts, means, quad, xp.sum(rowsq) / n, var_c, eps_of(dtype), bool(weighted), scale=scale)
     return m, h, y, ops
 
 
@@ -246,7 +267,7 @@ def _sb_eig(m: _Moments) -> tuple[Any, Any]:
     """The eigenvalues of Σ_B = M̃ᵀM̃ / K (descending; the rest are 0) and the within-class quadratic
     forms of its eigenvectors: what both NC1 variants read."""
     xp = m.ops.xp
-    _, s, vh = xp.linalg.svd(m.centred_means(), full_matrices=False)
+    _, s, vh = xp.linalg.svd(m.unit_centred_means(), full_matrices=False)
     return s * s / m.K, m.quad(xp.swapaxes(vh, 0, 1))
 
 
@@ -268,14 +289,14 @@ def _nc1(m: _Moments, variant: str, per_class: bool, eig: tuple[Any, Any] | None
 
 
 def _tr_sb(m: _Moments) -> Any:
-    c = m.centred_means()
+    c = m.unit_centred_means()
     return m.ops.xp.sum(c * c) / m.K
 
 
 def _cdnv(m: _Moments) -> Any:
     ops, xp = m.ops, m.ops.xp
     K = m.K
-    c = m.centred_means()  # distances are translation invariant; centring keeps the Gram entries small
+    c = m.unit_centred_means()  # distances are translation invariant; centring keeps the Gram entries small
     g = c @ xp.swapaxes(c, 0, 1)
     sq = g.diagonal()
     dist2 = xp.clip(sq[:, None] + sq[None, :] - 2 * g, 0.0, None)
@@ -290,7 +311,7 @@ def _row_norms(x: Any, ops: Ops) -> Any:
 
 def _equinorm(x: Any, ops: Ops) -> Any:
     xp = ops.xp
-    norms = _row_norms(x, ops)
+    norms = _row_norms(_unit(x, ops)[0], ops)
     mean = xp.mean(norms)
     std = xp.sqrt(xp.sum((norms - mean) ** 2) / (x.shape[0] - 1))
     return ops.divide(std, mean)
@@ -299,6 +320,7 @@ def _equinorm(x: Any, ops: Ops) -> Any:
 def _equiangularity(x: Any, ops: Ops) -> Any:
     xp = ops.xp
     K = x.shape[0]
+    x = _unit(x, ops)[0]
     u = ops.divide(x, _row_norms(x, ops)[:, None])
     cos = u @ xp.swapaxes(u, 0, 1)
     off = xp.abs(cos + 1.0 / (K - 1)) * (1.0 - ops.eye(K))
@@ -310,7 +332,8 @@ def _etf_target(K: int, ops: Ops) -> Any:
 
 
 def _fro(x: Any, ops: Ops) -> Any:
-    return ops.xp.sqrt(ops.xp.sum(x * x))
+    u, big = _unit(x, ops)
+    return ops.xp.sqrt(ops.xp.sum(u * u)) * big
 
 
 def _etf_distance(g: Any, ops: Ops) -> Any:
@@ -319,14 +342,15 @@ def _etf_distance(g: Any, ops: Ops) -> Any:
 
 
 def _etf_error(x: Any, ops: Ops) -> Any:
-    return _etf_distance(x @ ops.xp.swapaxes(x, 0, 1), ops)
+    u = _unit(x, ops)[0]
+    return _etf_distance(u @ ops.xp.swapaxes(u, 0, 1), ops)
 
 
 def _nc3(w: Any, mt: Any, ops: Ops, variant: str) -> Any:
     if variant == "papyan":
         r = ops.divide(w, _fro(w, ops)) - ops.divide(mt, _fro(mt, ops))
         return ops.xp.sum(r * r)
-    return _etf_distance(w @ ops.xp.swapaxes(mt, 0, 1), ops)
+    return _etf_distance(_unit(w, ops)[0] @ ops.xp.swapaxes(_unit(mt, ops)[0], 0, 1), ops)
 
 
 def _rank(x: Any, ops: Ops, atol: float, rtol: float | None) -> Any:
@@ -381,23 +405,25 @@ def _check_tols(atol: Any, rtol: Any) -> None:
         raise ValueError("atol must be a number (default 1e-6)")
 
 
-def _ncc_centring(means: Any, ops: Ops) -> tuple[Any, Any, Any]:
-    """(centre, means − centre, their squared norms): what `_agreements` needs of the class means."""
+def _ncc_centring(means: Any, ops: Ops) -> tuple[Any, Any, Any, Any]:
+    """(centre, scale, (means − centre) / scale, their squared norms): what `_agreements` needs of the
+    class means. The nearest mean does not change with translation (centring keeps the distances
+    accurate) or scale (dividing by max |means − centre| keeps the squares finite and normal)."""
     xp = ops.xp
-    centre = xp.mean(means, axis=0)  # distances are translation invariant: centre to keep them accurate
-    mc = means - centre
-    return centre, mc, xp.sum(mc * mc, axis=1)
+    centre = xp.mean(means, axis=0)
+    mc, scale = _unit(means - centre, ops)
+    return centre, scale, mc, xp.sum(mc * mc, axis=1)
 
 
-def _agreements(h: Any, centring: tuple[Any, Any, Any], w: Any, b: Any, ops: Ops) -> Any:
+def _agreements(h: Any, centring: tuple[Any, Any, Any, Any], w: Any, b: Any, ops: Ops) -> Any:
     """Number of rows whose nearest class mean is the classifier's argmax (float64, on the device);
     `centring`: _ncc_centring(class means)."""
     xp = ops.xp
-    centre, mc, msq = centring
+    centre, scale, mc, msq = centring
     total = ops.scalar(0.0)
     for i in range(0, h.shape[0], _ROW_BLOCK):
         blk = h[i:i + _ROW_BLOCK]
-        ncc = ops.argmin(msq[None, :] - 2 * ((blk - centre) @ xp.swapaxes(mc, 0, 1)), 1)
+        ncc = ops.argmin(msq[None, :] - 2 * (((blk - centre) / scale) @ xp.swapaxes(mc, 0, 1)), 1)
         logits = blk @ xp.swapaxes(w, 0, 1)
         if b is not None:
             logits = logits + b
