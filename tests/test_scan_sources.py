@@ -828,3 +828,44 @@ def test_scan_reports_a_file_that_shrinks_and_goes_on(tmp_path, rng, monkeypatch
     assert rows.loc["b", "status"] == "success" and np.isfinite(rows.loc["b", "sv_max"])
     assert rows.loc["a", "status"] == "error"
     assert "a.safetensors shrank from" in rows.loc["a", "warning"]
+
+
+def test_corrupt_files_are_reported_in_plain_words(tmp_path, rng):
+    """Files that the format libraries reject with their internals' words (an IndexError from gguf, a
+    'pickled data' ValueError from numpy for random bytes, torch's weights-only or miniz messages)
+    become errors that say what the file is not, or that it is truncated."""
+    import gguf
+
+    torch.save({"w": torch.randn(30, 20)}, tmp_path / "good.pt")
+    pt = (tmp_path / "good.pt").read_bytes()
+    np.savez(tmp_path / "good.npz", w=np.ones((5, 4)))
+    npz = (tmp_path / "good.npz").read_bytes()
+    w = gguf.GGUFWriter(str(tmp_path / "good.gguf"), "llama")
+    w.add_tensor("a", np.ones((32, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    gg = (tmp_path / "good.gguf").read_bytes()
+    files = {
+        "junk.pt": (rng.bytes(64), "not a PyTorch checkpoint (neither a zip archive nor a pickle"),
+        "cut.pt": (pt[: len(pt) // 2], "not a PyTorch checkpoint (neither a zip archive nor a pickle"),
+        "junk.npz": (rng.bytes(64), "not an .npz archive (not a zip file"),
+        "cut.npz": (npz[:-30], "not an .npz archive (not a zip file"),
+        "junk.gguf": (rng.bytes(64), "not a GGUF file (no GGUF magic number)"),
+        "cut.gguf": (gg[:-100], f"truncated or corrupt GGUF file ({len(gg) - 100} bytes"),
+        "head.gguf": (gg[:40], "truncated or corrupt GGUF file (40 bytes"),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    import zipfile as zf
+
+    with zf.ZipFile(tmp_path / "other.pt", "w") as z:
+        z.writestr("hello.txt", "hi")
+    files["other.pt"] = (None, "a zip archive but not a PyTorch checkpoint (no data.pkl in it)")
+    for name, (_, message) in files.items():
+        (err,) = open_sources(tmp_path / name)
+        assert isinstance(err, SourceError), (name, err)
+        assert message in err.error and str(tmp_path / name) in err.error, (name, err.error)
+    for name in ("good.pt", "good.npz", "good.gguf"):
+        assert isinstance(only(tmp_path / name), ModelSource)

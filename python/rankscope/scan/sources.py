@@ -546,6 +546,19 @@ class _ModuleReader(_Closable):
         super().close()
 
 
+def _check_torch_format(path: str, is_zip: bool) -> None:
+    """Refuse, in plain words, files torch.load would fail on with its internals' messages: a zip
+    archive without a checkpoint's data.pkl, or a file that is neither a zip archive nor a pickle."""
+    if is_zip:
+        with zipfile.ZipFile(path) as z:
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist()):
+                raise ValueError("a zip archive but not a PyTorch checkpoint (no data.pkl in it)")
+        return
+    with open(path, "rb") as f:
+        if f.read(1) != b"\x80":  # every pickle protocol ≥ 2 (torch's legacy format too) starts so
+            raise ValueError("not a PyTorch checkpoint (neither a zip archive nor a pickle; truncated?)")
+
+
 def _torch_load(path: str) -> tuple[Any, _SizeGuard | None]:
     """(object, its memory map's guard) of a torch checkpoint; only zipfile checkpoints are mapped
     (the guard is None for the others, read whole)."""
@@ -554,6 +567,7 @@ def _torch_load(path: str) -> tuple[Any, _SizeGuard | None]:
     if os.path.getsize(path) == 0:
         raise ValueError("file is empty")
     guard = _SizeGuard(path) if zipfile.is_zipfile(path) else None
+    _check_torch_format(path, guard is not None)
     obj = torch.load(path, map_location="cpu", weights_only=True, mmap=guard is not None)
     return obj, guard
 
@@ -618,6 +632,8 @@ class _NpzReader(_Closable):
 
     def __init__(self, path: str):
         self.label = f"npz file {path}"
+        if not zipfile.is_zipfile(path):  # np.load would read it as a pickle or .npy and say so
+            raise ValueError("not an .npz archive (not a zip file; truncated?)")
         self._npz = np.load(path, allow_pickle=False)
         if not isinstance(self._npz, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive (a single .npy array?)")  # noqa: TRY004
@@ -673,7 +689,17 @@ class _GGUFReader(_Closable):
         self.label = f"GGUF file {path}"
         self.path = path
         self._guard = _SizeGuard(path)
-        self._reader = self._gguf.GGUFReader(path, "r")
+        try:
+            self._reader = self._gguf.GGUFReader(path, "r")
+        except OSError:
+            raise
+        except Exception as e:  # the gguf package's own words are internals (IndexError, reshape)
+            if "magic" in str(e).lower():
+                raise ValueError("not a GGUF file (no GGUF magic number)") from e
+            raise ValueError(
+                f"truncated or corrupt GGUF file ({os.path.getsize(path)} bytes; the gguf "
+                f"package says {type(e).__name__}: {e})"
+            ) from e
         self.meta = {}
         for key, fld in self._reader.fields.items():
             if key.startswith("general.") and len(fld.types) == 1:  # scalars and strings only
