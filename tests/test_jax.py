@@ -285,3 +285,41 @@ def test_cuda_arrays(rng):
     pr = rs.participation_ratio(x)
     assert pr.devices() == {gpu}
     np.testing.assert_allclose(np.asarray(pr), np.asarray(rs.participation_ratio(np.asarray(x))), rtol=2 * EPS32)
+    # the metric functions given JAX singular values on the GPU (host copy of k values, results back)
+    sv = rs.metrics.stable_rank(s)
+    assert isinstance(sv, jax.Array) and sv.devices() == {gpu}
+    np.testing.assert_allclose(np.asarray(sv), np.asarray(rs.metrics.stable_rank(np.asarray(s))), rtol=2 * EPS32)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_metrics_of_jax_cuda_values_never_need_cupy(rng, monkeypatch, dtype):
+    """Singular values given as JAX CUDA arrays go through the host (the CUDA metric kernel reads torch
+    and CuPy only): before, the metrics tried to import CuPy. Without a GPU the CUDA case is simulated:
+    host JAX values prepared as if on a CUDA device, CuPy made unimportable; the results are the host
+    results, as JAX arrays on the values' device, ragged lists too."""
+    import rankscope.metrics as rm
+    from rankscope import _arrays
+
+    real = rm.prepare
+
+    def as_if_on_cuda(x, what):
+        p = real(x, what)
+        return _arrays.Prepared(x, "jax", p.dtype, device="cuda", origin=x) if p.kind == "jax" else p
+
+    s = np.sort(rng.random((3, 9)), axis=-1)[:, ::-1] * [[1.0], [1e-3], [4.0]]
+    s[1, 5:] = 0
+    x = jnp.asarray(s, dtype=dtype)
+    host = np.asarray(x).astype(np.float32)
+    want = {"matrix_rank": rs.metrics.matrix_rank(host, shape=(9, 12), dtype=dtype),
+            "stable_rank": rs.metrics.stable_rank(host), "effective_rank": rs.metrics.effective_rank(host)}
+    monkeypatch.setattr(rm, "prepare", as_if_on_cuda)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    for name, ref in want.items():
+        got = rs.metrics.matrix_rank(x, shape=(9, 12)) if name == "matrix_rank" else getattr(rs.metrics, name)(x)
+        assert isinstance(got, jax.Array) and got.devices() == x.devices(), name
+        np.testing.assert_allclose(np.asarray(got, dtype=np.float64), ref, rtol=EPS32, err_msg=name)
+    ragged = rs.metrics.stable_rank([x[0], x[2, :4]])
+    assert all(isinstance(v, jax.Array) for v in ragged)
+    np.testing.assert_allclose([float(v) for v in ragged],
+                               [float(rs.metrics.stable_rank(host[0])), float(rs.metrics.stable_rank(host[2, :4]))],
+                               rtol=EPS32)

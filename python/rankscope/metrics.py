@@ -30,6 +30,7 @@ condition_number; a spectrum holding NaN gives NaN, and -1 for the integer count
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
@@ -236,11 +237,26 @@ def _host_values(p: Prepared, what: str) -> np.ndarray:
     return data
 
 
+def _jax_values_to_host(p: Prepared) -> Prepared:
+    """JAX singular values on a CUDA device, copied to the host (k values a spectrum): the CUDA metric
+    kernel reads torch and CuPy arrays only. The results go back to the values' device as JAX arrays
+    (to_framework puts them there from the host)."""
+    data = p.origin
+    if p.dtype in ("float16", "bfloat16"):
+        data = data.astype("float32")
+    return dataclasses.replace(p, data=np.asarray(data), device="cpu", dtype=p.dtype, dlpack_shape=None)
+
+
+def _prepare_values(s: Any, what: str) -> Prepared:
+    p = prepare(s, what)
+    return _jax_values_to_host(p) if p.kind == "jax" and p.on_cuda else p
+
+
 def from_values(s: Any, shape: Any = None, dtype: Any = None, what: str = "s") -> Spectra:
     """Spectra from user-given singular values; `shape`: (m, n) or one per spectrum; `dtype`: stored dtype."""
     stored = None if dtype is None else _stored_name(dtype)
     if is_ragged(s):
-        items = [prepare(e, f"{what}[{i}]") for i, e in enumerate(s)]
+        items = [_prepare_values(e, f"{what}[{i}]") for i, e in enumerate(s)]
         for i, p in enumerate(items):
             if len(p.shape) != 1:
                 raise ValueError(f"{what}[{i}] must be 1-D (one spectrum), got shape {p.shape}")
@@ -248,7 +264,7 @@ def from_values(s: Any, shape: Any = None, dtype: Any = None, what: str = "s") -
         values = [get(p, what) for p in items]
         m, n = _shapes(shape, len(items), np.array([p.shape[0] for p in items]))
         return Spectra(values, m, n, [stored or p.dtype for p in items], items)
-    p = prepare(s, what)
+    p = _prepare_values(s, what)
     if len(p.shape) < 1:
         raise ValueError(f"{what} must have at least 1 dimension (..., k), got a scalar")
     v = _device_values(p, what) if p.on_cuda else _host_values(p, what)
