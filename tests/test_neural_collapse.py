@@ -594,6 +594,36 @@ def test_streaming_matches_one_shot(rng, framework, passes, weighted):
     _close(acc.within_class_covariance(), ref_stats(h, y, K)["sw"], rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("passes", [1, 2])
+@pytest.mark.parametrize("c", [2.0**530, 1e300, 1e-160, 1e-300, 2.0**-400])
+def test_streaming_at_extreme_float64_scales(rng, framework, passes, c):
+    """The accumulator fed c·h (squares beyond float64's range) gives the formulas' values on h, its
+    class means c·μ, and Σ_W = c²·Σ_W(h) where that is a normal float64."""
+    K, d = 4, 7
+    h, y, _ = planted(rng, K, d, noise=0.5)
+    w, b = rng.standard_normal((K, d)), rng.standard_normal(K)
+    parts = np.array_split(np.arange(len(y)), 3)
+    kw = {"W": to_framework(w / c, framework), "b": to_framework(b, framework)} if passes == 2 else {}
+    acc = nc.NeuralCollapse(K, d, passes=passes, **kw)
+    _feed(acc, h * c, y, parts, framework)
+    if passes == 2:
+        acc.start_second_pass()
+        _feed(acc, h * c, y, parts, framework)
+    got = acc.compute()
+    s = ref_stats(h, y, K)
+    _close(got["nc1"], ref_nc1(h, y, K))
+    _close(got["nc1_quotient"], np.trace(s["sw"]) / np.trace(s["sb"]))
+    _close(got["cdnv"], ref_cdnv(s, K))
+    _close(got["nc2_equinorm"], ref_equinorm(s["mt"]))
+    _close(got["nc2_equiangularity"], ref_equiangularity(s["mt"]))
+    _close(got["nc2_etf_error"], ref_etf_error(s["mt"]))
+    if passes == 2:
+        _close(got["nc4"], ref_nc4(h, y, K, w, b), atol=0)
+    _close(acc.class_means(), c * np.stack([h[y == k].mean(0) for k in range(K)]), rtol=1e-12)
+    if 1e-150 < c < 1e150:
+        _close(acc.within_class_covariance(), c * c * s["sw"], rtol=1e-9)
+
+
 def test_one_pass_avoids_catastrophic_cancellation(rng, framework):
     """Features 1e7 from the origin, class means about 1 apart, within-class noise 1e-4 (NC1 ≈ 2e-8).
     The raw one-pass form Σhhᵀ − Σ N_c μ_c μ_cᵀ subtracts numbers of size 1e14 to get 1e-8 and keeps

@@ -92,10 +92,10 @@ class _Moments:
     var_c: Any  # (K,) V_c = (1/N_c) Σ_{y_i = c} ‖h_i − μ_c‖² (None with quad)
     eps: float  # eps of the dtype the features were stored in
     weighted: bool
-    sw: Any = None  # Σ_W (d, d), when it was formed (the accumulator)
-    # quad, tr_sw, var_c and sw are those of the features divided by `scale` (max |h| for the
-    # one-shot functions, so that squares neither overflow nor underflow; 1 in the accumulator): every
-    # metric that reads them is scale-invariant and pairs them with unit_centred_means()
+    sw: Any = None  # Σ_W / scale² (d, d), when it was formed (the accumulator)
+    # quad, tr_sw, var_c and sw are those of the features divided by `scale` (a power of two near
+    # max |h|, see _unit: squares neither overflow nor underflow): every metric that reads them is
+    # scale-invariant and pairs them with unit_centred_means()
     scale: Any = 1.0
 
     @property
@@ -120,16 +120,23 @@ class _Moments:
         return self.centred_means() / self.scale
 
 
-def _unit(x: Any, ops: Ops) -> tuple[Any, Any]:
-    """(x / max |x|, max |x|), 1 for an empty or zero x: the scale-invariant metrics work on x / max |x|
-    so that sums of squares neither overflow (finite float64 data beyond ~1e154 gave NaN and inf)
-    nor underflow (below ~1e-154: inf, or ±0 cancelling to wrong values)."""
+def _scale_of(x: Any, ops: Ops) -> Any:
+    """2^⌊log₂ max |x|⌋ over x's finite entries (a device scalar), 1 for an empty or zero x."""
     xp = ops.xp
+    one = ops.scalar(1.0)
     if math.prod(x.shape) == 0:
-        return x, ops.scalar(1.0)
-    big = xp.amax(xp.abs(x))
-    big = xp.where(big > 0, big, ops.scalar(1.0))
-    return x / big, big
+        return one
+    big = xp.amax(xp.where(xp.isfinite(x), xp.abs(x), ops.scalar(0.0)))
+    return xp.where(big > 0, xp.exp2(xp.floor(xp.log2(xp.where(big > 0, big, one)))), one)
+
+
+def _unit(x: Any, ops: Ops) -> tuple[Any, Any]:
+    """(x / scale, scale) with scale = _scale_of(x): max |x / scale| in [1, 2). The scale-invariant
+    metrics work on x / scale so that sums of squares neither overflow (finite float64 data beyond
+    ~1e154 gave NaN and inf) nor underflow (below ~1e-154: inf, or ±0 cancelling to wrong values);
+    a power of two divides exactly, so results in the normal range are unchanged."""
+    scale = _scale_of(x, ops)
+    return x / scale, scale
 
 
 def _check_classes(counts_host: np.ndarray) -> None:
@@ -762,6 +769,7 @@ class NeuralCollapse:
         self._pass = 1
         self._eps = 0.0
         self._W = self._b = None
+        self._scale = None  # the first batch's _scale_of: the shifted sums are of (h − s_y) / scale
         self._agree = self._ncc = None
         self._bad = False  # a batch held NaN/Inf features (check_finite=False): NaN metrics
 
@@ -797,6 +805,7 @@ class NeuralCollapse:
             if self._pass == 2:
                 raise ValueError("start_second_pass() was called before any batch")
             self._start(ops)
+            self._scale = _scale_of(h, ops)
         elif not self._ops.same_place(ops):
             raise ValueError(f"features are on {ops.where}, earlier batches were on {self._ops.where}; feed one "
                              "framework and device (or reset())")
@@ -821,14 +830,14 @@ class NeuralCollapse:
             batch_mean = sums / xp.where(cnt > 0, cnt, o.scalar(1.0))[:, None]
             self._shift = xp.where(new[:, None], batch_mean, self._shift)
             self._seen = self._seen | new
-            dev = h - self._shift[y]
+            dev = (h - self._shift[y]) / self._scale
             self._counts = self._counts + cnt
             self._s1 = self._s1 + o.class_sums(dev, y, self.K)
             if self.passes == 1:
                 self._s2 = self._s2 + xp.swapaxes(dev, 0, 1) @ dev
                 self._q = self._q + o.class_sums(xp.sum(dev * dev, axis=1)[:, None], y, self.K)[:, 0]
         else:
-            dev = h - self._means[y]
+            dev = (h - self._means[y]) / self._scale
             self._counts2 = self._counts2 + o.class_counts(y, self.K)
             self._sw = self._sw + xp.swapaxes(dev, 0, 1) @ dev
             self._q = self._q + o.class_sums(xp.sum(dev * dev, axis=1)[:, None], y, self.K)[:, 0]
@@ -838,7 +847,7 @@ class NeuralCollapse:
     def _first_pass_means(self, counts_host: np.ndarray | None = None) -> Any:
         """`counts_host`: the host copy of the counts when the caller has one (each copy synchronises)."""
         _check_classes(self._ops.to_numpy(self._counts) if counts_host is None else counts_host)
-        return self._shift + self._s1 / self._counts[:, None]
+        return self._shift + self._scale * (self._s1 / self._counts[:, None])
 
     def start_second_pass(self) -> None:
         """passes=2: fixes the class means from the first pass; feed the same batches again next."""
@@ -894,12 +903,12 @@ class NeuralCollapse:
 
         var_c = xp.clip(q, 0.0, None) / self._counts
         return _Moments(o, self._counts, means, quad, xp.sum(var_c * self._counts) / n, var_c, self._eps,
-                        self.weighted, sw), counts_host
+                        self.weighted, sw, self._scale), counts_host
 
     def within_class_covariance(self) -> Any:
         """Σ_W (d, d), float64, in the batches' framework and on their device."""
         m, _ = self._statistics()
-        return m.ops.out(m.sw)
+        return m.ops.out(m.sw * m.scale * m.scale)
 
     def compute(self, W: Any = None, *, atol: float = 1e-6, rtol: float | None = None) -> dict:
         """Every metric of the data fed so far, as the one-shot functions give them on all of it.
