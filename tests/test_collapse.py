@@ -507,6 +507,22 @@ def test_activation_stats_matches_one_shot(rng, framework, n, d):
     np.testing.assert_allclose(_np(got["eigenvalues"]), ev, rtol=0, atol=16 * d * EPS64 * ev[0])
 
 
+@pytest.mark.parametrize("c", [1e160, 1e-160, 1e300, 1e-300])
+def test_activation_stats_at_extreme_float64_scales(rng, framework, c):
+    """Batches of c·Z, where the squares and ZᵀZ overflow or underflow (before: inf stds and
+    LinAlgError from ZᵀZ = inf): the stds are c times the formula's on Z, the scale-invariant
+    statistics (including RankMe and the spectrum) are the stream's own values for Z."""
+    n, d = 90, 5
+    z = healthy(rng, n, d) * np.array([1.0, 3.0, 0.5, 1e-2, 1.0])
+    ref = _stream(rc.ActivationStats(d, gamma=0.8), z, [30, 30, 30], framework)
+    got = _stream(rc.ActivationStats(d, gamma=0.8 * c), z * c, [30, 30, 30], framework)
+    _close(got["std"], ref_feature_std(z, 0.8)[2] * c, rtol=1e-12)
+    _close(got["mean_std"], ref_feature_std(z, 0.8)[0] * c, rtol=1e-12)
+    _close(got["frac_below_gamma"], _np(ref["frac_below_gamma"]), rtol=0)
+    for key in ("std_of_l2_normalized", "mean_pairwise_cosine", "rankme", "eigenvalues"):
+        _close(got[key], _np(ref[key]), rtol=1e-12, atol=1e-15)
+
+
 def test_activation_stats_large_offset(rng, framework):
     """A common offset of 1e8: the raw moments Σz² − (Σz)²/N lose every digit of the variance
     (each Σz² term is 1e16 × the variance); moments shifted by the first batch's mean do not."""

@@ -10,6 +10,7 @@ nor anything else: `Ops` holds the library that the input came with.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,18 @@ class Ops:
         if self.kind == "list":
             return a.tolist()
         return a[()] if a.ndim == 0 else a
+
+
+def pow2_scale(x: Any, ops: Ops) -> Any:
+    """2^⌊log₂ max |x|⌋ over x's finite entries (a device scalar), 1 for an empty or zero x: data
+    divided by it (exactly: a power of two) has max |·| in [1, 2), so that its squares and Gram
+    entries neither overflow nor underflow for finite float64 data beyond ~1e154 or below ~1e-154."""
+    xp = ops.xp
+    one = ops.scalar(1.0)
+    if math.prod(x.shape) == 0:
+        return one
+    big = xp.amax(xp.where(xp.isfinite(x), xp.abs(x), ops.scalar(0.0)))
+    return xp.where(big > 0, xp.exp2(xp.floor(xp.log2(xp.where(big > 0, big, one)))), one)
 
 
 def as_float64(x: Any, what: str) -> tuple[Any, Ops, str]:

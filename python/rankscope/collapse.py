@@ -25,7 +25,7 @@ import numpy as np
 
 from ._arrays import eps_of, is_cupy, is_ragged, is_torch
 from ._errors import batch_index, index_tuple, non_finite_error
-from ._xp import Ops, as_float64
+from ._xp import Ops, as_float64, pow2_scale
 
 __all__ = [
     "ActivationStats",
@@ -409,7 +409,9 @@ class ActivationStats:
     stream has no per-matrix results to keep apart).
 
     Variances come from moments shifted by the first batch's mean (float64), so a large common
-    offset does not cancel catastrophically as raw moments Σz² − (Σz)²/N would. The rankme spectrum
+    offset does not cancel catastrophically as raw moments Σz² − (Σz)²/N would; the sums are of the
+    rows over a power of two near the first batch's max |z|, so that activations beyond ~1e154 or
+    below ~1e-154 neither overflow nor underflow. The rankme spectrum
     carries the Gram route's absolute error ~eps64 · σ₁²/σ (METRICS.md §0), harmless for RankMe.
     """
 
@@ -433,7 +435,8 @@ class ActivationStats:
     def _start(self, ops: Ops, a: Any, u: Any) -> None:
         d = self.d
         self._ops = ops
-        self._shift_z = ops.xp.mean(a, axis=0)
+        self._scale = pow2_scale(a, ops)  # the z sums are of z / scale (exact: a power of two)
+        self._shift_z = ops.xp.mean(a / self._scale, axis=0)
         self._shift_u = ops.xp.mean(u, axis=0)
         self._s1_z, self._s2_z = ops.zeros(d), ops.zeros(d)
         self._s1_u, self._s2_u = ops.zeros(d), ops.zeros((d, d))
@@ -460,6 +463,7 @@ class ActivationStats:
         u, nonzero = _l2_normalize(a, ops)
         if self._ops is None:
             self._start(ops, a, u)
+        a = a / self._scale
         zc = a - self._shift_z
         uc = u - self._shift_u
         self._s1_z += xp.sum(zc, axis=0)
@@ -480,7 +484,7 @@ class ActivationStats:
         ops = self._ops
         xp = ops.xp
         var_z = xp.clip((self._s2_z - self._s1_z * self._s1_z / n) / (n - 1), 0.0, None)
-        std = xp.sqrt(var_z)
+        std = xp.sqrt(var_z) * self._scale
         frac = ops.count(std < self.gamma) / self.d
         cov_u = (self._s2_u - self._s1_u[:, None] * self._s1_u[None, :] / n) / (n - 1)
         cov_u = (cov_u + xp.swapaxes(cov_u, 0, 1)) / 2

@@ -57,7 +57,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._arrays import eps_of
-from ._xp import Ops, as_float64, as_labels
+from ._xp import Ops, as_float64, as_labels, pow2_scale
 
 __all__ = [
     "NeuralCollapse",
@@ -120,22 +120,12 @@ class _Moments:
         return self.centred_means() / self.scale
 
 
-def _scale_of(x: Any, ops: Ops) -> Any:
-    """2^⌊log₂ max |x|⌋ over x's finite entries (a device scalar), 1 for an empty or zero x."""
-    xp = ops.xp
-    one = ops.scalar(1.0)
-    if math.prod(x.shape) == 0:
-        return one
-    big = xp.amax(xp.where(xp.isfinite(x), xp.abs(x), ops.scalar(0.0)))
-    return xp.where(big > 0, xp.exp2(xp.floor(xp.log2(xp.where(big > 0, big, one)))), one)
-
-
 def _unit(x: Any, ops: Ops) -> tuple[Any, Any]:
-    """(x / scale, scale) with scale = _scale_of(x): max |x / scale| in [1, 2). The scale-invariant
+    """(x / scale, scale) with scale = pow2_scale(x, ops): max |x / scale| in [1, 2). The scale-invariant
     metrics work on x / scale so that sums of squares neither overflow (finite float64 data beyond
     ~1e154 gave NaN and inf) nor underflow (below ~1e-154: inf, or ±0 cancelling to wrong values);
     a power of two divides exactly, so results in the normal range are unchanged."""
-    scale = _scale_of(x, ops)
+    scale = pow2_scale(x, ops)
     return x / scale, scale
 
 
@@ -769,7 +759,7 @@ class NeuralCollapse:
         self._pass = 1
         self._eps = 0.0
         self._W = self._b = None
-        self._scale = None  # the first batch's _scale_of: the shifted sums are of (h − s_y) / scale
+        self._scale = None  # the first batch's pow2_scale: the shifted sums are of (h − s_y) / scale
         self._agree = self._ncc = None
         self._bad = False  # a batch held NaN/Inf features (check_finite=False): NaN metrics
 
@@ -805,7 +795,7 @@ class NeuralCollapse:
             if self._pass == 2:
                 raise ValueError("start_second_pass() was called before any batch")
             self._start(ops)
-            self._scale = _scale_of(h, ops)
+            self._scale = pow2_scale(h, ops)
         elif not self._ops.same_place(ops):
             raise ValueError(f"features are on {ops.where}, earlier batches were on {self._ops.where}; feed one "
                              "framework and device (or reset())")
