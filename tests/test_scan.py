@@ -406,6 +406,29 @@ def test_resume_skips_finished_files(tmp_path, rng, monkeypatch):
     assert len(rs.scan.ScanReport.read(out).scanned) == 7
 
 
+def test_resume_says_what_it_kept(tmp_path, rng, capsys):
+    """A resumed scan reports the models it skipped as unchanged and the models the report holds that
+    this scan did not list (kept, which can surprise: a stale report brings old models back); the CLI
+    prints both, with the way out."""
+    files = _zoo(tmp_path, rng)
+    out = tmp_path / "report.csv"
+    other = tmp_path / "other.safetensors"
+    save_file({"w": rng.standard_normal((16, 8)).astype(np.float32)}, str(other))
+    rs.scan([str(tmp_path / "zoo"), str(other)], out=str(out), progress=False)
+    fresh = rs.scan(str(tmp_path / "zoo"), out=str(tmp_path / "new.csv"), progress=False)
+    assert fresh.resumed == {}
+    save_file({"l0.weight": rng.standard_normal((32, 24)).astype(np.float32)}, files[1])  # m0 changed
+    again = rs.scan(str(tmp_path / "zoo"), out=str(out), progress=False)
+    assert again.resumed == {"from": str(out), "unchanged": ["m1", "m2"], "not_listed": ["other"]}
+    assert "other" in set(again.layers["model"])
+    assert cli.main(["scan", str(tmp_path / "zoo"), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert f"Resumed from {out}: 3 model(s) unchanged since it was written, not rescanned (m0, m1, m2)" in text
+    assert "did not list them: 1 model(s) (other) (--no-resume starts a fresh report)" in text
+    assert cli.main(["scan", str(tmp_path / "zoo"), "--out", str(out), "--quiet", "--no-resume"]) == 0
+    assert "Resumed" not in capsys.readouterr().out
+
+
 def test_interrupted_scan_keeps_finished_windows(tmp_path, rng, monkeypatch):
     """A single-machine scan stopped half-way: the report at `out` holds the windows that finished,
     and resuming from it scans only the other models, to the rows of a whole scan."""

@@ -121,6 +121,20 @@ def _print_summary(report, top: int, elapsed: float, out=None) -> None:
     for _, e in report.errors.iterrows():
         where = f"{e['model']} {e['tensor']}" if e["tensor"] else e["model"]
         print(f"error: {where}: {e['error']}", file=out)
+    r = report.resumed
+    if r and (r["unchanged"] or r["not_listed"]):
+        print(f"\nResumed from {r['from']}: {len(r['unchanged'])} model(s) unchanged since it was written, "
+              "not rescanned" + _names(r["unchanged"]), file=out)
+        if r["not_listed"]:
+            print(f"Kept from it, though this scan did not list them: {len(r['not_listed'])} model(s)"
+                  + _names(r["not_listed"]) + " (--no-resume starts a fresh report)", file=out)
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    if not names:
+        return ""
+    more = f", ... ({len(names) - most} more)" if len(names) > most else ""
+    return " (" + ", ".join(names[:most]) + more + ")"
 
 
 def _scan(args, parser) -> int:

@@ -74,12 +74,17 @@ class ScanReport:
         scaled as WeightWatcher does), for plots; empty when the scan ran with keep_evals=False.
     options : dict
         The options the scan ran with.
+    resumed : dict
+        For a scan that extended an existing report at `out`: "from" (its path), "unchanged" (the
+        models skipped because their files are unchanged since) and "not_listed" (models the
+        report held that this scan did not list at all: their rows are kept too); empty otherwise.
     """
 
     layers: pd.DataFrame
     evals: dict = field(default_factory=dict, repr=False)
     options: dict = field(default_factory=dict)
     seconds: float = float("nan")
+    resumed: dict = field(default_factory=dict)
 
     @property
     def errors(self) -> pd.DataFrame:
@@ -225,6 +230,8 @@ class Resume:
         self.done = resume_keys(self.previous)
         self.saved = False
         self._rescanned: set[str] = set()  # paths scanned again: their old rows are replaced
+        self._unchanged: list[str] = []  # models skipped: the report holds their unchanged files
+        self._listed: set[str] = set()  # every path this scan listed
         self._seen: dict[str, int] = {}
 
     def admit(self, name: str, path: str | None, size: int | None, mtime: float | None) -> str | None:
@@ -232,7 +239,10 @@ class Resume:
         this scan: `name`, or ``name#2``, ``name#3``, ... for later models of the same name (two
         in-memory models, two listed files of one stem). A file that could not be opened has no
         size or mtime, so it is never skipped. The old rows of an admitted path are dropped."""
+        if path:
+            self._listed.add(str(path))
         if file_key(path, size, mtime) in self.done:
+            self._unchanged.append(name)
             return None
         if path:
             self._rescanned.add(str(path))
@@ -257,6 +267,11 @@ class Resume:
         """The final report; written to `out` unless :meth:`save` has written these rows already
         (the caller saves after every change, so the last save holds them)."""
         report = ScanReport(self.merged(frames), evals=evals, options=options, seconds=seconds)
+        old = self.previous
+        if len(old):
+            others = old[~old["path"].isin(self._listed)]
+            report.resumed = {"from": os.fspath(self.out), "unchanged": list(self._unchanged),
+                              "not_listed": list(dict.fromkeys(others["model"]))}
         if self.out is not None and not self.saved:
             report.save(self.out)
         return report
