@@ -94,3 +94,77 @@ def test_build_info():
     assert info["compact_max_k"] == rs._core.compact_max_k() >= 1
     assert info["cuda"] is cuda_available()
     assert rs.__version__ and all(hasattr(rs, name) for name in rs.__all__)
+
+
+# ---- scan: errors, summaries, outputs ---------------------------------------------------------------
+
+
+def _model_file(tmp_path, tensors=None, name="m.safetensors") -> str:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    if tensors is None:
+        tensors = {"a.weight": rng.standard_normal((16, 8)).astype(np.float32),
+                   "b.weight": rng.standard_normal((12, 12)).astype(np.float32),
+                   "bias": np.zeros(8, np.float32)}
+    path = tmp_path / name
+    save_file(tensors, str(path))
+    return str(path)
+
+
+def test_scan_out_into_missing_folder_is_a_clear_error(tmp_path, capsys):
+    """An --out whose folder does not exist: the error line and exit 2, no traceback, nothing written."""
+    model = _model_file(tmp_path)
+    out = tmp_path / "missing" / "r.csv"
+    assert cli.main(["scan", model, "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rankscope scan: error: out: cannot write a report in ") and "missing" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_scan_plots_onto_a_file_is_a_clear_error_before_scanning(tmp_path, capsys, monkeypatch):
+    """--plots naming an existing file: refused (exit 2) before any model is scanned, the file intact."""
+    model = _model_file(tmp_path)
+    target = tmp_path / "figs"
+    target.write_text("keep me")
+    monkeypatch.setattr("rankscope.scan", lambda *a, **k: pytest.fail("scanned before checking --plots"))
+    assert cli.main(["scan", model, "--quiet", "--plots", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rankscope scan: error: --plots: ") and str(target) in err
+    assert target.read_text() == "keep me"
+
+
+def test_summary_with_a_layer_of_nonfinite_weights(tmp_path, capsys):
+    """A layer whose weights hold NaN (status failed, no rank) is listed with '-' for its rank: the
+    summary raised IntCastingNaNError."""
+    w = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
+    w[0, 0] = np.nan
+    model = _model_file(tmp_path, {"nan.weight": w, "ok.weight": np.eye(8, dtype=np.float32)})
+    assert cli.main(["scan", model, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("m ") and "nan.weight" in line]
+    assert row[:5] == ["m", "nan.weight", "8x8", "-", "-"]
+    (ok,) = [line.split() for line in out.splitlines() if "ok.weight" in line]
+    assert ok[:5] == ["m", "ok.weight", "8x8", "8", "0"]
+
+
+def test_summary_says_why_nothing_was_scanned(tmp_path, capsys):
+    """Tensors skipped by --layers or --min-dim were counted as 'skipped (not matrices)', and a scan
+    that scanned nothing gave no reason; now the count says 'skipped' and the reasons are listed."""
+    model = _model_file(tmp_path)
+    assert cli.main(["scan", model, "--quiet", "--min-dim", "100"]) == 1
+    out = capsys.readouterr().out
+    assert "0 layers scanned" in out and "3 tensors skipped." in out and "not matrices" not in out
+    assert "skipped: m a.weight: M = 8 < min_dim = 100" in out
+    assert "skipped: m bias: 1-D tensor (bias, norm or scalar)" in out
+    assert cli.main(["scan", model, "--quiet", "--layers", "nomatch"]) == 1
+    out = capsys.readouterr().out
+    assert "1 tensors skipped." in out and "skipped: m: no tensor matches layers=['nomatch']" in out
+    assert cli.main(["scan", model, "--quiet"]) == 0  # something scanned: no list of skipped tensors
+    assert "skipped:" not in capsys.readouterr().out
+
+
+def test_scan_help_matches_ray_gpu_default():
+    """--gpus-per-task's help names the default of --device auto (1 on a cluster with GPUs)."""
+    text = " ".join(cli._parser()._subparsers._group_actions[0].choices["scan"].format_help().split())
+    assert "is auto and the cluster has GPUs" in text

@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-retries", type=int, help="with --ray: retries of a failed task (default 3)")
     p.add_argument("--cpus-per-task", type=float, help="with --ray: CPUs (engine threads) per task (default 1)")
     p.add_argument("--gpus-per-task", type=float,
-                   help="with --ray: GPUs per task (default 1 when --device asks for CUDA, else 0)")
+                   help="with --ray: GPUs per task (default 1 when --device asks for CUDA, or is auto and the "
+                   "cluster has GPUs; else 0)")
     sub.add_parser("info", help="what this install was built with")
     b = sub.add_parser("bench", help="time rankscope against numpy (and torch) on this machine",
                        description="svdvals and matrix_rank on a fixed set of float32 cases against numpy.linalg "
@@ -103,21 +104,28 @@ def _print_summary(report, top: int, elapsed: float, out=None) -> None:
     models = report.models
     print(f"{len(models)} model(s), {len(s)} layers scanned in {elapsed:.2f} s; "
           f"{len(flagged)} flagged as collapsed, {len(report.errors)} errors, "
-          f"{int((report.layers['status'] == 'skipped').sum())} tensors skipped (not matrices).", file=out)
+          f"{int((report.layers['status'] == 'skipped').sum())} tensors skipped.", file=out)
     if len(s):
         worst = flagged if len(flagged) else s.sort_values("log10_sv_min_rel")
         title = "Collapsed layers (rank loss above the fraction, or log10(s_min/s_max) below the threshold)" if len(flagged) else (
             "No collapsed layer. Lowest log10(s_min/s_max)")
         print(f"\n{title}:", file=out)
         rows = worst.head(top).copy()
-        for c in ("matrix_rank", "rank_loss"):  # whole numbers (the column is float where rows are skipped)
-            rows[c] = rows[c].astype("int64")
+        for c in ("matrix_rank", "rank_loss"):  # whole numbers (the column is float where rows are skipped);
+            rows[c] = [str(int(v)) if math.isfinite(v) else "-" for v in rows[c]]  # NaN: non-finite weights
         widths = {c: max(len(c), *(len(_fmt(v)) for v in rows[c])) for c in _SUMMARY}
         print("  ".join(c.ljust(widths[c]) for c in _SUMMARY) + "  flags", file=out)
         for _, r in rows.iterrows():
             flags = [f for f, col in (("RANK COLLAPSE", "rank_collapsed"), ("S_MIN", "sv_collapsed"),
                                       ("ALPHA", "alpha_out_of_range")) if r[col]]
             print("  ".join(_fmt(r[c]).ljust(widths[c]) for c in _SUMMARY) + "  " + " ".join(flags), file=out)
+    else:  # nothing scanned: say why
+        skipped = report.layers[report.layers["status"] == "skipped"]
+        for _, r in skipped.head(top).iterrows():
+            where = f"{r['model']} {r['name']}" if r["name"] else r["model"]
+            print(f"skipped: {where}: {r['warning']}", file=out)
+        if len(skipped) > top:
+            print(f"... and {len(skipped) - top} more skipped (a larger --top lists them)", file=out)
     for _, e in report.errors.iterrows():
         where = f"{e['model']} {e['tensor']}" if e["tensor"] else e["model"]
         print(f"error: {where}: {e['error']}", file=out)
@@ -147,12 +155,20 @@ def _scan(args, parser) -> int:
                      "the PATHs, or write --ray=ADDRESS")
     if not args.paths and not args.example:
         parser.error("give one or more PATHs to scan, or --example for the built-in model")
-    options = dict(device=args.device, conv=args.conv, layers=args.layers, min_dim=args.min_dim,
-                   max_dim=args.max_dim, split_qkv=args.split_qkv, mp_fit=args.mp_fit, randomize=args.randomize,
-                   rank_policy=args.rank_policy, estimator=args.estimator, fix_fingers=args.fix_fingers,
-                   collapse_log10=args.collapse_log10, collapse_rank_frac=args.collapse_rank_frac, progress=False if args.quiet else None,
-                   resume=not args.no_resume, out=args.out, base=args.base, ray=args.ray,
-                   max_retries=args.max_retries, num_cpus=args.cpus_per_task, num_gpus=args.gpus_per_task)
+    options = {"device": args.device, "conv": args.conv, "layers": args.layers, "min_dim": args.min_dim,
+               "max_dim": args.max_dim, "split_qkv": args.split_qkv, "mp_fit": args.mp_fit,
+               "randomize": args.randomize, "rank_policy": args.rank_policy, "estimator": args.estimator,
+               "fix_fingers": args.fix_fingers, "collapse_log10": args.collapse_log10,
+               "collapse_rank_frac": args.collapse_rank_frac, "progress": False if args.quiet else None,
+               "resume": not args.no_resume, "out": args.out, "base": args.base, "ray": args.ray,
+               "max_retries": args.max_retries, "num_cpus": args.cpus_per_task, "num_gpus": args.gpus_per_task}
+    if args.plots:  # before scanning: a --plots that is not a folder fails now, not after the scan
+        try:
+            os.makedirs(args.plots, exist_ok=True)
+        except OSError as e:
+            print(f"rankscope scan: error: --plots: cannot make the folder {args.plots!r}: {e.strerror or e}",
+                  file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="rankscope-example-") as tmp:
         paths = list(args.paths)
         if args.example:
@@ -163,7 +179,7 @@ def _scan(args, parser) -> int:
             paths.append(path)
         try:
             report: ScanReport = rs.scan(paths if len(paths) > 1 else paths[0], **options)
-        except (ValueError, TypeError, ImportError, ConnectionError) as e:
+        except (ValueError, TypeError, ImportError, OSError) as e:  # OSError: --out cannot be written
             print(f"rankscope scan: error: {e}", file=sys.stderr)
             return 2
     if args.plots:
