@@ -292,6 +292,38 @@ def test_npz(tmp_path, rng):
         src.close()
 
 
+def test_npz_members_as_numpy_reads_them(tmp_path, rng):
+    """Archives not written by np.savez: a README or folder entry in the zip is not an array (it
+    used to fail the whole file with 'EOF: reading magic string'); members "w.npy" and "w" are two
+    arrays, "w.npy" and "w" as np.load keys them (both used to be listed as "w", one with the
+    other's shape); a member name stored twice is one array, the one np.load reads."""
+    import io
+    import warnings
+    import zipfile
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    a, b, c = (rng.standard_normal(s) for s in ((2, 2), (3, 5), (4, 1)))
+    p = tmp_path / "odd.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("README.txt", "weights of my model")
+            z.writestr("sub/", "")
+            z.writestr("w.npy", npy(a))
+            z.writestr("w", npy(b))
+            z.writestr("v.npy", npy(-a))
+            z.writestr("v.npy", npy(c))
+    got = loaded(only(p))
+    assert sorted(got) == ["v", "w", "w.npy"]
+    np.testing.assert_array_equal(got["w.npy"][1], a)
+    np.testing.assert_array_equal(got["w"][1], b)
+    np.testing.assert_array_equal(got["v"][1], c)
+
+
 # ---- GGUF ----------------------------------------------------------------------------------------
 
 

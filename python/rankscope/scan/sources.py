@@ -638,9 +638,16 @@ class _NpzReader(_Closable):
         if not isinstance(self._npz, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive (a single .npy array?)")  # noqa: TRY004
         self._headers = []
-        for member in self._npz.zip.namelist():
+        members = dict.fromkeys(self._npz.zip.namelist())  # a name stored twice: read once
+        for member in members:
+            # np.load's key: the name less ".npy", unless another member has that very name
             key = member.removesuffix(".npy")
+            if key in members and key != member:
+                key = member
             with self._npz.zip.open(member) as fp:
+                if fp.read(6) != np.lib.format.MAGIC_PREFIX:
+                    continue  # a README or folder entry: not an array (np.load gives its bytes)
+                fp.seek(0)
                 version = np.lib.format.read_magic(fp)
                 read = (
                     np.lib.format.read_array_header_1_0
