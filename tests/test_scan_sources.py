@@ -202,6 +202,27 @@ def test_sharded_missing_shard_is_an_error(tmp_path):
     assert isinstance(err, SourceError) and "gone.safetensors" in err.error
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_sharded_index_naming_one_shard_two_ways(tmp_path, rng, suffix):
+    """"./s1" and "s1" (or "sub/../s1") are one shard: opened once, its bytes counted once (the
+    size was twice the file's and the shard listed twice in meta["weights"])."""
+    a, b = (rng.standard_normal((3, 2)).astype(np.float32) for _ in range(2))
+    if suffix == ".safetensors":
+        save_st(tmp_path / "s1.safetensors", {"a": a, "b": b})
+    else:
+        torch.save({"a": torch.from_numpy(a), "b": torch.from_numpy(b)}, tmp_path / "s1.bin")
+    (tmp_path / "sub").mkdir()
+    wm = {"a": f"./s1{suffix}", "b": f"sub/../s1{suffix}"}
+    (tmp_path / f"model{suffix}.index.json").write_text(json.dumps({"weight_map": wm}))
+    src = only(tmp_path)
+    assert src.size == (tmp_path / f"s1{suffix}").stat().st_size
+    assert src.meta["weights"] == [f"model{suffix}.index.json", f"s1{suffix}"]
+    got = loaded(src)
+    assert sorted(got) == ["a", "b"]
+    np.testing.assert_array_equal(np.asarray(got["a"][1]), a)
+    np.testing.assert_array_equal(np.asarray(got["b"][1]), b)
+
+
 def test_hf_folder(tmp_path, rng):
     folder = tmp_path / "tiny-bert"
     folder.mkdir()

@@ -944,9 +944,11 @@ def _open_sharded(index: str, name: str, kind: str, config: str | None) -> Model
     if not weight_map:
         raise ValueError(f"{index}: the index's weight_map names no tensors")
     folder = os.path.dirname(index)
+    # normalised: "./s1" and "sub/../s1" are the shard "s1", opened and counted once
+    owner = {t: os.path.normpath(os.path.join(folder, s)) for t, s in weight_map.items()}
     shards: dict[str, list[str]] = {}
-    for tensor, shard in weight_map.items():
-        shards.setdefault(os.path.join(folder, shard), []).append(tensor)
+    for tensor, shard in owner.items():
+        shards.setdefault(shard, []).append(tensor)
     missing = [p for p in shards if not os.path.exists(p)]
     if missing:
         raise FileNotFoundError(f"shard {missing[0]} named in {index} does not exist")
@@ -957,7 +959,6 @@ def _open_sharded(index: str, name: str, kind: str, config: str | None) -> Model
             raise ValueError(f"shard {p} named in {index}: {e}") from None
     files = sorted(shards)
     if all(p.endswith(".safetensors") for p in files):
-        owner = {t: os.path.join(folder, s) for t, s in weight_map.items()}
         opened = [_SafetensorsFile(p) for p in files]
         for f in opened:
             lost = set(shards[f.path]) - set(f.names())
