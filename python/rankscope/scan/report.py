@@ -40,6 +40,11 @@ RANDOM_COLUMNS = ("max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist",
                   "rand_sigma_mp", "rand_mp_softrank", "rand_bulk_max", "rand_bulk_min", "rand_W_scale")
 
 LAYER_COLUMNS = ID_COLUMNS + WW_COLUMNS + EXTRA_COLUMNS + FLAG_COLUMNS + STATUS_COLUMNS + FILE_COLUMNS
+#: Text columns (read back as text whatever they hold: a model "0001", a tensor "NA").
+TEXT_COLUMNS = ("model", "name", "tensor", "type", "dtype", "shape", "status", "warning", "path")
+#: Number columns (NaN where a row has none).
+NUMBER_COLUMNS = (("layer_id", "part") + WW_COLUMNS + tuple(c for c in EXTRA_COLUMNS if c != "refined")
+                  + ("file_size", "file_mtime") + MP_COLUMNS + RANDOM_COLUMNS)
 
 #: status values: "success" (fitted), "failed" (spectrum computed, power-law fit failed or non-finite
 #: weights), "skipped" (not a matrix: the reason is in `warning`), "error" (could not be read).
@@ -154,8 +159,11 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     for c in FLAG_COLUMNS + ("refined",):
         df[c] = df[c].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) or v in (0, 1) else
                           (str(v).lower() == "true" if isinstance(v, str) else False))
-    for c in ("model", "name", "tensor", "type", "dtype", "shape", "status", "warning", "path"):
+    for c in TEXT_COLUMNS:
         df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    for c in NUMBER_COLUMNS:  # None (in-memory models have no file size) or JSON's all-null columns: NaN
+        if c in df.columns and df[c].dtype == object:
+            df[c] = pd.to_numeric(df[c])
     return df[_columns(df)].reset_index(drop=True)
 
 
@@ -368,9 +376,15 @@ def _read_parquet(path: str | os.PathLike) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(f.read()))
 
 
+def _read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    # only the empty field (to_csv's NaN) is missing, and the text columns stay text: pandas' default
+    # NA strings turned tensors named "NA" or "null" into "", its number parsing a model "0001" into 1
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(TEXT_COLUMNS, str))
+
+
 _PARQUET = ReportFormat("to_parquet", _read_parquet, ("pyarrow", "parquet"))
 #: Report formats by lower-case file suffix: save(), read() and scan(out=) all look them up here.
-FORMATS = {".csv": ReportFormat("to_csv", lambda p: pd.read_csv(p, keep_default_na=True)),
+FORMATS = {".csv": ReportFormat("to_csv", _read_csv),
            ".parquet": _PARQUET, ".pq": _PARQUET, ".json": ReportFormat("to_json", _read_json)}
 
 
