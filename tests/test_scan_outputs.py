@@ -4,6 +4,8 @@ names, empty and error-only reports), and the figures of degenerate reports."""
 from __future__ import annotations
 
 import json
+import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -72,3 +74,88 @@ def test_read_back_equals_the_report_in_memory(tmp_path, rng, ext):
         for prop in ("models", "errors", "flagged"):
             pd.testing.assert_frame_equal(getattr(ScanReport(back), prop), getattr(ScanReport(want), prop),
                                           check_exact=True, obj=f"{case}{ext} {prop}")
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+
+
+def _plots():
+    pytest.importorskip("matplotlib")
+    from rankscope.scan import plots
+
+    return plots
+
+
+def _is_png(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_all_gives_every_figure_its_own_file(tmp_path, rng):
+    """Names that slug alike ('w[0]' and 'w(0)', models 'a/b' and 'a_b', long names cut at the same
+    120 characters) wrote over each other's figures, and write_all still listed each path."""
+    plots = _plots()
+    long = "blocks." * 20
+    m1 = {"w[0]": rng.standard_normal((8, 6)), "w(0)": rng.standard_normal((8, 6)),
+          long + "q": rng.standard_normal((8, 6)), long + "k": rng.standard_normal((8, 6))}
+    rep = rs.scan([m1, {"w": rng.standard_normal((7, 5))}], progress=False)
+    rep.layers["model"] = rep.layers["model"].map({"model_0": "a/b", "model_1": "a_b"})
+    rep.evals = {(("a/b" if m == "model_0" else "a_b"), n): e for (m, n), e in rep.evals.items()}
+    written = plots.write_all(rep, tmp_path / "figs")
+    assert len(written) == 1 + 2 + 5  # histogram, a depth plot per model, an ESD per layer
+    assert len(set(written)) == len(written)
+    assert sorted(os.listdir(tmp_path / "figs")) == sorted(os.path.basename(p) for p in written)
+    assert all(_is_png(p) for p in written)
+
+
+def test_figures_of_reports_with_nothing_scanned(tmp_path):
+    """Empty, error-only and skipped-only reports: the histogram of no layers, nothing else."""
+    plots = _plots()
+    for case, rep in {"empty": ScanReport(layer_frame([])), "errors": rs.scan([{}], progress=False),
+                      "skipped": rs.scan({"b": np.zeros(3)}, progress=False)}.items():
+        written = plots.write_all(rep, tmp_path / case)
+        assert [os.path.basename(p) for p in written] == ["sv_min_hist.png"], case
+        assert _is_png(written[0])
+
+
+def test_esd_of_an_all_zero_layer_says_so(rng):
+    """An all-zero matrix has no positive eigenvalue: its ESD says so, without matplotlib's warning
+    about an empty legend."""
+    plots = _plots()
+    import matplotlib.pyplot as plt
+
+    rep = rs.scan({"z": np.zeros((8, 6))}, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ax = plots.plot_esd(rep, "model", "z")
+    assert [t.get_text() for t in ax.texts] == ["no positive eigenvalue: all singular values are 0"]
+    assert ax.get_legend() is None
+    plt.close(ax.figure)
+
+
+def test_depth_plot_has_whole_layer_numbers(rng):
+    plots = _plots()
+    import matplotlib.pyplot as plt
+
+    rep = rs.scan({"a": rng.standard_normal((9, 6)), "b": rng.standard_normal((9, 6))}, progress=False)
+    ax = plots.plot_depth(rep, "model")
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [0.0, 1.0]
+    plt.close(ax.figure)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_sv_min_histogram_counts_zero_s_min_from_any_report(tmp_path, rng, relative):
+    """Layers with s_min = 0 are counted at the left edge, as documented, also from a JSON report
+    (where log10 0 = -inf is null) and in the relative histogram of an all-zero layer (0/0)."""
+    plots = _plots()
+    import matplotlib.pyplot as plt
+
+    rep = rs.scan({"z": np.zeros((6, 6)), "low": np.diag([1.0, 1.0, 1.0, 0.0]), "ok": rng.standard_normal((6, 4))},
+                  progress=False)
+    for r in (rep, _round_trip(rep, tmp_path / "r.json")):
+        ax = plots.plot_sv_min_hist(r, relative=relative)
+        assert ax.get_title() == "log10 s_min of 3 layers of 1 model(s): 2 below -8"
+        assert all(float(t).is_integer() for t in ax.get_yticks())  # counts of layers
+        plt.close(ax.figure)

@@ -12,6 +12,7 @@ Functions that draw take an ``ax=`` to compose with; those that write files use 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any
@@ -26,10 +27,8 @@ def _plt():
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
+        with contextlib.suppress(Exception):  # a backend already in use stays
             matplotlib.use("Agg", force=False)
-        except Exception:  # noqa: BLE001 - a backend already in use stays
-            pass
     import matplotlib.pyplot as plt
 
     return plt
@@ -75,11 +74,15 @@ def plot_esd(report, model: str, name: str, *, ax: Any = None, bins: int = 80) -
             ax.axvline(xmin, color="crimson", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no positive eigenvalue: all singular values are 0", ha="center", va="center",
+                transform=ax.transAxes)
     ax.set_xlabel("eigenvalue λ = s²")
     ax.set_ylabel("density")
     ax.set_title(f"{model}: {name}\n{row['shape']} {row['dtype']}, log10 s_min/s_max = {row['log10_sv_min_rel']:.2f}",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    if ev.size:
+        ax.legend(fontsize=7)
     return ax
 
 
@@ -91,7 +94,8 @@ def plot_sv_min_hist(report, *, ax: Any = None, relative: bool = False, threshol
     plt = _plt()
     s = report.scanned
     col = "log10_sv_min_rel" if relative else "log10_sv_min"
-    v = np.asarray(s[col], dtype=np.float64) if len(s) else np.zeros(0)
+    v = np.array(s[col], dtype=np.float64) if len(s) else np.zeros(0)
+    v[np.asarray(s["sv_min"], dtype=np.float64) == 0] = -np.inf  # also where JSON wrote null, or 0/0
     v = v[~np.isnan(v)]
     finite = v[np.isfinite(v)]
     lo = min(finite.min() if finite.size else threshold, threshold) - 1
@@ -102,6 +106,7 @@ def plot_sv_min_hist(report, *, ax: Any = None, relative: bool = False, threshol
     ax.axvline(threshold, color="crimson", ls="--", label=f"rank collapse: < {threshold:g}")
     n_bad = int(np.sum(v < threshold))
     ax.set_xlabel("log10(s_min / s_max)" if relative else "log10 s_min")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("layers")
     n_models = s["model"].nunique() if len(s) else 0
     ax.set_title(f"log10 s_min of {v.size} layers of {n_models} model(s): {n_bad} below {threshold:g}", fontsize=9)
@@ -120,6 +125,7 @@ def plot_depth(report, model: str, *, ax: Any = None) -> Any:
     alpha = np.asarray(s["alpha"], dtype=np.float64)
     ax.plot(x, np.where(alpha > 0, alpha, np.nan), "o-", color="royalblue", ms=3, label="alpha")
     ax.axhspan(2, 6, color="royalblue", alpha=0.07)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer (scan order)")
     ax.set_ylabel("alpha", color="royalblue")
     ax2 = ax.twinx()
@@ -142,9 +148,14 @@ def write_all(report, folder: str | os.PathLike, *, max_esd: int = 200) -> list[
     lowest log10 s_min/s_max, up to max_esd). Returns the paths written."""
     plt = _plt()
     os.makedirs(folder, exist_ok=True)
-    written = []
+    written, used = [], set()
 
     def save(fig, name):
+        stem, n = name[:-len(".png")], 1
+        while name in used:  # names that slug alike: -2, -3, ...
+            n += 1
+            name = f"{stem}-{n}.png"
+        used.add(name)
         path = os.path.join(os.fspath(folder), name)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
