@@ -168,3 +168,17 @@ def test_scan_help_matches_ray_gpu_default():
     """--gpus-per-task's help names the default of --device auto (1 on a cluster with GPUs)."""
     text = " ".join(cli._parser()._subparsers._group_actions[0].choices["scan"].format_help().split())
     assert "is auto and the cluster has GPUs" in text
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_scan_out_onto_a_folder_is_refused_before_scanning(tmp_path, capsys, resume):
+    """--out naming a folder: resumed, the error advised --no-resume (which then failed too, after
+    the scan, on the rename of a temporary file); now both refuse it up front."""
+    model = _model_file(tmp_path)
+    folder = tmp_path / "r.csv"
+    folder.mkdir()
+    argv = ["scan", model, "--quiet", "--out", str(folder)] + ([] if resume else ["--no-resume"])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"rankscope scan: error: out: {str(folder)!r} is a folder, not a report file\n"
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "r.csv"]

@@ -222,6 +222,8 @@ class Resume:
 
     def __init__(self, out: str | os.PathLike | None, resume: bool):
         self.out = out
+        if out is not None and os.path.isdir(out):  # neither read nor replaced (os.replace) by a report
+            raise IsADirectoryError(f"out: {os.fspath(out)!r} is a folder, not a report file")
         read = out is not None and resume and os.path.exists(out)
         try:
             self.previous = ScanReport.read(out).layers if read else layer_frame([])
