@@ -301,34 +301,6 @@ def test_torch_checkpoint(tmp_path, rng, wrap, zipfile):
         assert torch.equal(data, t) or torch.equal(data.isnan(), t.isnan())
 
 
-@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-def test_sparse_tensors_load_dense(tmp_path, rng):
-    """Sparse COO/CSR tensors (pruned weights) load as the dense matrix they stand for, from a
-    checkpoint, its shards and a state dict; the scan failed them with 'BufferError: Can't export
-    tensors with layout other than torch.strided'."""
-    import rankscope
-
-    dense = torch.from_numpy(rng.standard_normal((12, 9)).astype(np.float32))
-    dense[dense.abs() < 0.7] = 0
-    sd = {"coo": dense.to_sparse(), "csr": dense.to_sparse_csr(), "plain": dense + 1}
-    torch.save(sd, tmp_path / "pruned.pt")
-    torch.save(sd, tmp_path / "shard-1.bin")
-    wm = {k: "shard-1.bin" for k in sd}
-    (tmp_path / "sharded").mkdir()
-    (tmp_path / "sharded" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": wm}))
-    os.replace(tmp_path / "shard-1.bin", tmp_path / "sharded" / "shard-1.bin")
-    for source in (tmp_path / "pruned.pt", tmp_path / "sharded", sd):
-        got = loaded(only(source))
-        for name in ("coo", "csr"):
-            info, data = got[name]
-            assert (info.shape, info.dtype) == ((12, 9), "float32")
-            assert data.layout == torch.strided and torch.equal(data, dense), (source, name)
-        assert torch.equal(got["plain"][1], dense + 1)
-    rows = rankscope.scan(tmp_path / "pruned.pt").layers.set_index("tensor")
-    assert list(rows["status"]) == ["success"] * 3, rows["warning"]
-    assert rows.loc["coo", "sv_max"] == pytest.approx(rows.loc["csr", "sv_max"])
-
-
 def test_npz(tmp_path, rng):
     ref = numpy_tensors(rng)
     ref["fortran"] = np.asfortranarray(rng.standard_normal((6, 4)))

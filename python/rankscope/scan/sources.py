@@ -10,14 +10,12 @@ batching, the report) is shared by all formats.
 Formats (``ModelSource.kind``) and what ``load()`` returns:
 
 - ``nn.Module`` ("module"): each parameter and persistent buffer, ``.detach()``-ed, on its device.
-- a state dict, any Mapping of names to tensors/arrays ("state_dict"): the tensor or array as given
-  (a sparse torch tensor densified, as for checkpoints).
+- a state dict, any Mapping of names to tensors/arrays ("state_dict"): the tensor or array as given.
 - ``*.safetensors`` ("safetensors"): numpy, a read-only view of the file's memory map.
 - a folder with a sharded checkpoint's ``*.index.json`` ("sharded"): as the shards' format.
 - a Hugging Face model folder ("hf"): as its weight files' format.
 - ``*.pt``, ``*.pth``, ``*.bin``, ``*.ckpt`` ("torch"): the torch tensor, memory-mapped for
-  zipfile checkpoints (``torch.load(weights_only=True, mmap=True)``); a sparse tensor (COO, CSR...)
-  as the dense tensor it stands for.
+  zipfile checkpoints (``torch.load(weights_only=True, mmap=True)``).
 - ``*.npz`` ("npz"): numpy, read from the archive per key.
 - ``*.gguf`` ("gguf"): numpy; F32/F16/F64 views of the memory map, quantised types dequantised.
 - ``*.onnx`` ("onnx"): numpy, from the graph's initializers (external data read per tensor).
@@ -466,13 +464,6 @@ def _is_array(v: Any) -> bool:
     return (isinstance(v, np.ndarray) and not v.dtype.hasobject) or _is_torch_tensor(v)
 
 
-def _detach(t):
-    """A stored torch tensor as the scan reads it: detached, and a sparse one (COO, CSR...) as the
-    dense matrix it stands for (the engine reads strided memory only)."""
-    t = t.detach()
-    return t if t.layout == _torch_module().strided else t.to_dense()
-
-
 def _array_info(name: str, v: Any, check: Callable[[], None]) -> TensorInfo:
     if isinstance(v, np.ndarray):
         dtype = v.dtype.name
@@ -487,7 +478,7 @@ def _array_info(name: str, v: Any, check: Callable[[], None]) -> TensorInfo:
 
     def load_tensor():
         check()
-        return _detach(v)
+        return v.detach()
 
     return TensorInfo(name, tuple(v.shape), _torch_dtype_name(v), load_tensor)
 
@@ -624,7 +615,7 @@ class _TorchShardsReader(_Closable):
                 info = _array_info(name, sd[name], self._check_open)
 
                 def load(path=path, name=name):
-                    return _detach(self._shard(path)[name])
+                    return self._shard(path)[name].detach()
 
                 yield TensorInfo(info.name, info.shape, info.dtype, load)
 
