@@ -215,8 +215,8 @@ def rank_loss(x, *, atol=None, rtol=None, policy="auto", method="auto", check_fi
 
 
 def _simple(name: str, doc: str):
-    def fn(x, *, method="auto", check_finite=True, device=None, **kw):
-        return metrics.evaluate(_spectra(x, method, check_finite, device), [name], **kw)[name]
+    def fn(x, *, method="auto", check_finite=True, device=None):
+        return metrics.evaluate(_spectra(x, method, check_finite, device), [name])[name]
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc + "\n\n    Parameters\n    ----------" + _COMMON

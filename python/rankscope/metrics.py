@@ -101,6 +101,20 @@ class Spectra:
         return to_framework(column.reshape(self.batch_shape), self.like)
 
 
+def _real(name: str, v: Any, finite: bool = False) -> float:
+    """v as a float, or TypeError naming `name` for non-numbers (bools, strings, arrays, None); with
+    finite=True also ValueError unless finite and >= 0 (the other range checks are the core's)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {v!r}")
+    try:
+        f = float(v)
+    except OverflowError:  # a Python int beyond float range
+        f = math.inf
+    if finite and not (math.isfinite(f) and f >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {v}")
+    return f
+
+
 def _tolerances(sp: Spectra, policy: str, atol: float | None, rtol: float | None) -> np.ndarray:
     """(B, 2) rows (rtol, atol) of tol = max(atol, rtol · s₁) for the chosen policy."""
     rows = len(sp.dtypes)
@@ -109,16 +123,8 @@ def _tolerances(sp: Spectra, policy: str, atol: float | None, rtol: float | None
         if policy != "auto":
             raise ValueError("give either policy= or atol=/rtol=, not both")
         for name, v in (("atol", atol), ("rtol", rtol)):
-            if v is None:
-                continue
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-                raise TypeError(f"{name} must be a real number, got {v!r}")
-            try:
-                finite = math.isfinite(float(v))
-            except OverflowError:  # a Python int beyond float range
-                finite = False
-            if not (finite and v >= 0):
-                raise ValueError(f"{name} must be a finite non-negative number, got {v}")
+            if v is not None:
+                _real(name, v, finite=True)
         out[:, 0] = 0.0 if rtol is None else rtol
         out[:, 1] = 0.0 if atol is None else atol
         return out
@@ -162,14 +168,15 @@ def evaluate(
     """The named metrics of every spectrum in `sp`, each in the caller's form."""
     if on not in ("s", "s2"):
         raise ValueError(f"on must be 's' or 's2', got {on!r}")
+    tau, eps, threshold = _real("tau", tau), _real("eps", eps, finite=True), _real("threshold", threshold)
     tol = _tolerances(sp, policy, atol, rtol) if {"matrix_rank", "rank_loss", "tol"} & set(names) else (
         np.zeros((len(sp.dtypes), 2))
     )
     if sp.on_cuda:
-        table = _evaluate_cuda(sp, tol, float(tau), float(eps), on == "s2", float(threshold))
+        table = _evaluate_cuda(sp, tol, tau, eps, on == "s2", threshold)
     else:
         table = np.empty((len(sp.dtypes), len(NAMES)))
-        _core.spectrum_metrics(sp.values, tol, table, float(tau), float(eps), on == "s2", float(threshold),
+        _core.spectrum_metrics(sp.values, tol, table, tau, eps, on == "s2", threshold,
                                not sp.sorted)
     result = {}
     for name in names:
