@@ -182,3 +182,13 @@ def test_scan_out_onto_a_folder_is_refused_before_scanning(tmp_path, capsys, res
     err = capsys.readouterr().err
     assert err == f"rankscope scan: error: out: {str(folder)!r} is a folder, not a report file\n"
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "r.csv"]
+
+
+def test_summary_shows_no_alpha_for_a_failed_fit(tmp_path, capsys):
+    """A failed power-law fit has WeightWatcher's alpha = -1 in the report (kept there); the summary
+    printed '-1.00' as if it were an exponent, now '-' (the models table and plots skip it too)."""
+    model = _model_file(tmp_path, {"z.weight": np.zeros((8, 8), np.float32)})
+    assert cli.main(["scan", model, "--quiet"]) == 0
+    (row,) = [line.split() for line in capsys.readouterr().out.splitlines() if "z.weight" in line]
+    assert row == ["m", "z.weight", "8x8", "0", "8", "-", "-", "-", "RANK", "COLLAPSE"]
+    assert rs.scan(model, progress=False).layers["alpha"].iloc[0] == -1

@@ -113,6 +113,7 @@ def _print_summary(report, top: int, elapsed: float, out=None) -> None:
         rows = worst.head(top).copy()
         for c in ("matrix_rank", "rank_loss"):  # whole numbers (the column is float where rows are skipped);
             rows[c] = [str(int(v)) if math.isfinite(v) else "-" for v in rows[c]]  # NaN: non-finite weights
+        rows["alpha"] = rows["alpha"].where(rows["alpha"] > 0)  # -1: WeightWatcher's failed fit, shown as -
         widths = {c: max(len(c), *(len(_fmt(v)) for v in rows[c])) for c in _SUMMARY}
         print("  ".join(c.ljust(widths[c]) for c in _SUMMARY) + "  flags", file=out)
         for _, r in rows.iterrows():
