@@ -507,6 +507,33 @@ def test_state_dict_sources(rng):
     assert isinstance(err, SourceError) and "'optimizer'" in err.error
 
 
+@pytest.mark.parametrize("how", ["zip", "legacy", "state_dict", "numpy"])
+def test_tied_weights_in_a_state_dict_are_listed_once(tmp_path, how):
+    """torch.save(model.state_dict()) of a model with tied embeddings stores one tensor under two
+    names: it is listed once, under its first name, as the nn.Module reader (and a safetensors file
+    of the same model) lists it; it was listed, and scanned, twice. A view of part of it, and an
+    equal tensor of its own, are tensors of their own."""
+    m = Tiny()
+    sd = {k: v for k, v in m.state_dict().items() if k.startswith(("emb.", "head.", "conv1."))}
+    assert sd["head.weight"].data_ptr() == sd["emb.weight"].data_ptr()
+    sd["emb.rows"] = sd["emb.weight"][:5]
+    sd["copy"] = sd["emb.weight"].clone()
+    if how == "numpy":
+        sd = {k: v.numpy() for k, v in sd.items()}
+        sd["emb.rows"] = sd["emb.weight"][:5]
+        sd["alias"] = sd["emb.weight"].view()
+    expect = [k for k in sd if k not in ("head.weight", "alias")]
+    if how in ("zip", "legacy"):
+        torch.save(sd, tmp_path / "tied.pt", _use_new_zipfile_serialization=how == "zip")
+        src = only(tmp_path / "tied.pt")
+    else:
+        src = only(sd)
+    got = loaded(src)
+    assert list(got) == expect
+    for k in expect:
+        np.testing.assert_array_equal(np.asarray(got[k][1]), np.asarray(sd[k]), err_msg=k)
+
+
 def test_unwrap_state_dict():
     sd = {"w": np.zeros(2)}
     assert unwrap_state_dict(sd) is sd

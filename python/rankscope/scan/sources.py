@@ -11,6 +11,8 @@ Formats (``ModelSource.kind``) and what ``load()`` returns:
 
 - ``nn.Module`` ("module"): each parameter and persistent buffer, ``.detach()``-ed, on its device.
 - a state dict, any Mapping of names to tensors/arrays ("state_dict"): the tensor or array as given.
+  A tensor stored under two names (tied weights: the same memory, dtype, shape and strides) is
+  listed once, under its first name, as for modules; so it is in checkpoint files.
 - ``*.safetensors`` ("safetensors"): numpy, a read-only view of the file's memory map.
 - a folder with a sharded checkpoint's ``*.index.json`` ("sharded"): as the shards' format.
 - a Hugging Face model folder ("hf"): as its weight files' format.
@@ -493,6 +495,17 @@ def _no_tensors_error(obj: Any) -> str | None:
     return None
 
 
+def _same_tensor_key(v: Any) -> tuple | None:
+    """What two names of one stored tensor share (memory, dtype, shape, strides); None for tensors
+    without memory of their own to compare (empty, sparse, meta)."""
+    if isinstance(v, np.ndarray):
+        addr = v.__array_interface__["data"][0]
+        return ("numpy", addr, v.dtype.str, v.shape, v.strides) if v.size and addr else None
+    if v.layout != _torch_module().strided or v.numel() == 0 or v.device.type == "meta":
+        return None
+    return ("torch", str(v.device), v.data_ptr(), v.dtype, tuple(v.shape), v.stride())
+
+
 class _MappingReader(_Closable):
     """A state dict: names → torch tensors or numpy arrays; other entries are skipped."""
 
@@ -508,9 +521,16 @@ class _MappingReader(_Closable):
 
     def tensors(self) -> Iterator[TensorInfo]:
         self._check_open()
+        seen: set[tuple] = set()
         for k, v in self._sd.items():
-            if _is_array(v):
-                yield _array_info(str(k), v, self._check)
+            if not _is_array(v):
+                continue
+            same = _same_tensor_key(v)
+            if same is not None:
+                if same in seen:  # tied weights: one tensor, listed once under its first name
+                    continue
+                seen.add(same)
+            yield _array_info(str(k), v, self._check)
 
     def close(self) -> None:
         self._sd = {}
