@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import rankscope as rs
+import torch
 from rankscope import metrics
 
 # ---- options a function does not take are refused, not ignored ------------------------------------
@@ -59,3 +62,57 @@ def test_rankme_infinite_eps_is_refused():
         metrics.rankme([3.0, 1.0], eps=float("inf"))
     with pytest.raises(ValueError, match="eps must be a finite"):
         rs.rankme(np.eye(3), eps=np.inf)
+
+
+# ---- torch tensors that are not plain strided data ---------------------------------------------
+
+
+def _neg_bit(values: torch.Tensor) -> torch.Tensor:
+    """A real tensor equal to `values` whose memory holds −values and whose negative bit is set: what
+    complex_tensor.conj().imag gives."""
+    out = torch.complex(torch.zeros_like(values), -values).conj().imag
+    assert out.is_neg() and torch.equal(out, values)
+    return out
+
+
+def test_negative_bit_tensors_are_read_by_value(rng):
+    """Was: RuntimeError "Can't call numpy() on Tensor that has negative bit set" from the metrics
+    and participation_ratio (svdvals, whose values do not depend on the sign, already worked)."""
+    s = _neg_bit(torch.tensor([3.0, 1.0], dtype=torch.float64))
+    assert float(metrics.stable_rank(s)) == pytest.approx(10 / 9, rel=1e-15)
+    assert float(metrics.sv_max(s)) == 3.0
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.sv_max(_neg_bit(torch.tensor([-3.0, -1.0])))
+    x = torch.from_numpy(rng.standard_normal((7, 4)))
+    ref = rs.participation_ratio(x.numpy())
+    assert float(rs.participation_ratio(_neg_bit(x))) == pytest.approx(ref, rel=1e-13)
+    assert float(rs.participation_ratio(_neg_bit(x), center=False)) == pytest.approx(
+        rs.participation_ratio(x.numpy(), center=False), rel=1e-13)
+    np.testing.assert_allclose(rs.svdvals(_neg_bit(x)).numpy(), np.linalg.svd(x.numpy(), compute_uv=False),
+                               rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda: torch.eye(3).to_sparse(), r"x: sparse tensors \(torch.sparse_coo\) are not supported; pass x.to_dense\(\)"),
+        (lambda: torch.eye(3).to_sparse_csr(), r"x: sparse tensors \(torch.sparse_csr\) are not supported"),
+        (lambda: torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(3, 3)]),
+         r"x: nested tensors are not supported; pass list\(x.unbind\(\)\)"),
+        (lambda: torch.quantize_per_tensor(torch.eye(3), 0.1, 0, torch.quint8),
+         r"x: quantized tensors \(torch.quint8\) are not supported; pass x.dequantize\(\)"),
+    ],
+    ids=["coo", "csr", "nested", "quantized"],
+)
+def test_unsupported_torch_layouts_are_named(make, fragment):
+    """Was: BufferError "Can't export tensors with layout other than torch.strided" (sparse),
+    RuntimeError "Internal error: NestedTensorImpl doesn't support sizes" (nested), RuntimeError
+    "Creation of quantized tensor requires quantized dtype" (quantized)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors are a prototype
+        x = make()
+    for fn in (rs.svdvals, rs.matrix_rank, rs.participation_ratio):
+        with pytest.raises(TypeError, match=fragment):
+            fn(x)
+    with pytest.raises(TypeError, match=r"x\[0\]: " + fragment[3:].split(";")[0]):
+        rs.svdvals([x])

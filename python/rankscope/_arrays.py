@@ -169,6 +169,13 @@ def _prepare_numpy(a: np.ndarray, what: str, kind: str) -> Prepared:
 
 def _prepare_torch(t: Any, what: str) -> Prepared:
     torch = _torch()
+    # checked first: these have no strided data for DLPack (and t.dtype/t.to fail on some of them)
+    if t.is_nested:
+        raise TypeError(f"{what}: nested tensors are not supported; pass list({what}.unbind()) (a list of matrices)")
+    if t.layout != torch.strided:
+        raise TypeError(f"{what}: sparse tensors ({t.layout}) are not supported; pass {what}.to_dense()")
+    if t.is_quantized:
+        raise TypeError(f"{what}: quantized tensors ({t.dtype}) are not supported; pass {what}.dequantize()")
     if t.is_complex():
         raise TypeError(f"{what}: complex input ({t.dtype}) is not supported; pass the real matrix")
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
