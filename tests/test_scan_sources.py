@@ -301,6 +301,61 @@ def test_torch_checkpoint(tmp_path, rng, wrap, zipfile):
         assert torch.equal(data, t) or torch.equal(data.isnan(), t.isnan())
 
 
+class _RunsACommand:
+    """Unpickled, it would run a shell command (a hostile checkpoint's payload)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_objects_torch_does_not_unpickle(tmp_path, rng):
+    """timm-style checkpoints keep argparse.Namespace args and numpy scalars next to the state dict;
+    torch.load(weights_only=True) refuses them with a page of advice to load with
+    weights_only=False, and the file was an error. Now such objects are read as inert
+    placeholders (never imported, never called) and the tensors are scanned; a payload that would
+    run a command stays refused (torch blocks os/sys outright); a whole pickled model and a
+    TorchScript archive say what they are."""
+    import argparse
+    import warnings
+
+    sd = torch_state_dict(rng)
+    marker = tmp_path / "payload-ran"
+    ckpt = {
+        "epoch": 3,
+        "arch": "resnet",
+        "state_dict": sd,
+        "args": argparse.Namespace(lr=0.1, model="resnet"),
+        "metric": np.float64(71.5),
+    }
+    torch.save(ckpt, tmp_path / "timm.pth")
+    got = loaded(only(tmp_path / "timm.pth"))
+    assert list(got) == list(sd)
+    for name, t in sd.items():
+        assert torch.equal(got[name][1], t) or torch.equal(got[name][1].isnan(), t.isnan())
+
+    torch.save({**ckpt, "hook": _RunsACommand(marker)}, tmp_path / "hostile.pth")
+    (err,) = open_sources(tmp_path / "hostile.pth")
+    assert isinstance(err, SourceError) and "system" in err.error, err
+    assert not marker.exists()
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    torch.save(net, tmp_path / "whole.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates TorchScript
+        torch.jit.save(torch.jit.script(net), tmp_path / "scripted.pt")
+    (err,) = open_sources(tmp_path / "whole.pt")
+    assert isinstance(err, SourceError), err
+    assert "holds a torch.nn.modules.container.Sequential, not a state dict" in err.error
+    (err,) = open_sources(tmp_path / "scripted.pt")
+    assert isinstance(err, SourceError), err
+    assert "a TorchScript archive (torch.jit.save), not a checkpoint" in err.error
+    assert "weights_only=False" not in err.error
+    assert str(tmp_path / "scripted.pt") in err.error
+
+
 def test_npz(tmp_path, rng):
     ref = numpy_tensors(rng)
     ref["fortran"] = np.asfortranarray(rng.standard_normal((6, 4)))

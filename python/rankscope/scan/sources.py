@@ -17,7 +17,9 @@ Formats (``ModelSource.kind``) and what ``load()`` returns:
 - a folder with a sharded checkpoint's ``*.index.json`` ("sharded"): as the shards' format.
 - a Hugging Face model folder ("hf"): as its weight files' format.
 - ``*.pt``, ``*.pth``, ``*.bin``, ``*.ckpt`` ("torch"): the torch tensor, memory-mapped for
-  zipfile checkpoints (``torch.load(weights_only=True, mmap=True)``).
+  zipfile checkpoints (``torch.load(weights_only=True, mmap=True)``). Objects of classes that
+  unpickler refuses (a timm checkpoint's argparse.Namespace, numpy scalars) load as inert
+  placeholders, never imported nor called; TorchScript archives are refused.
 - ``*.npz`` ("npz"): numpy, read from the archive per key.
 - ``*.gguf`` ("gguf"): numpy; F32/F16/F64 views of the memory map, quantised types dequantised.
 - ``*.onnx`` ("onnx"): numpy, from the graph's initializers (external data read per tensor).
@@ -33,6 +35,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 import stat
 import struct
 import zipfile
@@ -571,8 +574,14 @@ def _check_torch_format(path: str, is_zip: bool) -> None:
     archive without a checkpoint's data.pkl, or a file that is neither a zip archive nor a pickle."""
     if is_zip:
         with zipfile.ZipFile(path) as z:
-            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist()):
-                raise ValueError("a zip archive but not a PyTorch checkpoint (no data.pkl in it)")
+            names = z.namelist()
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            raise ValueError("a zip archive but not a PyTorch checkpoint (no data.pkl in it)")
+        if any(n.endswith("/constants.pkl") for n in names):  # torch's own test for TorchScript
+            raise ValueError(
+                "a TorchScript archive (torch.jit.save), not a checkpoint: rankscope reads state "
+                "dicts; save model.state_dict() with torch.save, or scan the loaded module"
+            )
         return
     with open(path, "rb") as f:
         if f.read(1) != b"\x80":  # every pickle protocol ≥ 2 (torch's legacy format too) starts so
@@ -588,8 +597,31 @@ def _torch_load(path: str) -> tuple[Any, _SizeGuard | None]:
         raise ValueError("file is empty")
     guard = _SizeGuard(path) if zipfile.is_zipfile(path) else None
     _check_torch_format(path, guard is not None)
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=guard is not None)
-    return obj, guard
+    load = partial(torch.load, path, map_location="cpu", weights_only=True, mmap=guard is not None)
+    try:
+        return load(), guard
+    except pickle.UnpicklingError:
+        if guard is None:  # torch lists the refused globals of zipfile checkpoints only
+            raise
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if not refused:
+            raise
+    # objects next to the tensors that the weights-only unpickler refuses (argparse.Namespace
+    # args, numpy scalars, a pickled nn.Module): each becomes an inert placeholder of that name,
+    # never imported nor called; the state dict's tensors load as ever
+    stubs = [(type(n, (_Placeholder,), {}), n) for n in refused]
+    with torch.serialization.safe_globals(stubs):
+        return load(), guard
+
+
+class _Placeholder:
+    """What a checkpoint's non-tensor object of a refused class loads as: nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
 
 
 def _state_dict_of_file(path: str) -> tuple[Mapping, _SizeGuard | None]:
