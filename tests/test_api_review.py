@@ -116,3 +116,54 @@ def test_unsupported_torch_layouts_are_named(make, fragment):
             fn(x)
     with pytest.raises(TypeError, match=r"x\[0\]: " + fragment[3:].split(";")[0]):
         rs.svdvals([x])
+
+
+# ---- JAX bfloat16 singular values ------------------------------------------------------------------
+
+
+def test_jax_bfloat16_singular_values():
+    """Was: TypeError "bfloat16 singular values from a DLPack-only object; convert them to float32",
+    though JAX bfloat16 matrices are read and float16 values work."""
+    jnp = pytest.importorskip("jax.numpy")
+    s = jnp.array([3.0, 1.0, 0.5], dtype=jnp.bfloat16)  # exact in bfloat16
+    assert float(metrics.stable_rank(s)) == pytest.approx(10.25 / 9, rel=1e-7)
+    assert float(metrics.sv_min(s)) == 0.5
+    # the stored dtype sets the rank tolerance 3 · eps(bfloat16) = 3 · 2**-7, which 2**-7 and 0.5 straddle
+    assert int(metrics.matrix_rank(jnp.array([3.0, 2**-7], dtype=jnp.bfloat16))) == 1
+    assert int(metrics.matrix_rank(jnp.array([3.0, 0.5], dtype=jnp.bfloat16))) == 2
+    assert [float(v) for v in metrics.sv_max([s, s[:1]])] == [3.0, 3.0]
+
+
+# ---- numpy masked arrays and frames --------------------------------------------------------------
+
+
+def test_masked_entries_are_refused(rng):
+    """Was: the values under the mask were used silently (sv_max of [3 (masked), 1] gave 3.0)."""
+    s = np.ma.masked_array([3.0, 1.0], mask=[True, False])
+    with pytest.raises(ValueError, match=r"s: masked array with 1 masked entries; pass s.filled\(\.\.\.\) or "):
+        metrics.sv_max(s)
+    x = np.ma.masked_array(rng.standard_normal((4, 3)), mask=np.eye(4, 3, dtype=bool))
+    for fn in (rs.svdvals, rs.matrix_rank, rs.participation_ratio):
+        with pytest.raises(ValueError, match=r"x: masked array with 3 masked entries"):
+            fn(x)
+    with pytest.raises(ValueError, match=r"x\[1\]: masked array"):
+        rs.svdvals([x.data, x])
+
+
+def test_masked_arrays_without_masked_entries_are_read_in_place(rng):
+    a = rng.standard_normal((5, 4))
+    for x in (np.ma.masked_array(a), np.ma.masked_array(a, mask=np.zeros(a.shape, bool))):
+        np.testing.assert_allclose(rs.svdvals(x), np.linalg.svd(a, compute_uv=False), rtol=1e-13)
+        assert type(rs.svdvals(x)) is np.ndarray
+    assert metrics.sv_max(np.ma.masked_array([3.0, 1.0])) == 3.0
+
+
+def test_frame_of_non_numbers_names_the_dtype():
+    """Was: "x: expected an array, got DataFrame" (nothing about why)."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]})
+    with pytest.raises(TypeError, match=r"x: expected an array of numbers, got DataFrame \(numpy reads it as "
+                                        r"dtype object\)"):
+        rs.svdvals(frame)
+    np.testing.assert_allclose(rs.svdvals(pd.DataFrame({"a": [1, 2], "b": [3.0, 4.0]})),
+                               np.linalg.svd(np.array([[1.0, 3.0], [2.0, 4.0]]), compute_uv=False), rtol=1e-14)

@@ -256,6 +256,12 @@ def _prepare_dlpack_only(x: Any, what: str, numpy_error: Exception) -> Prepared:
 
 def prepare(x: Any, what: str = "x") -> Prepared:
     """Validates one array-like input without copying floating host data."""
+    if isinstance(x, np.ma.MaskedArray):
+        masked = int(np.ma.count_masked(x))
+        if masked:  # np.asarray would silently read the values under the mask
+            raise ValueError(f"{what}: masked array with {masked} masked entries; pass {what}.filled(...) or "
+                             f"{what}.data (the values under the mask)")
+        x = x.data
     if isinstance(x, np.ndarray):
         return _prepare_numpy(x, what, "numpy")
     if is_torch(x):
@@ -281,7 +287,7 @@ def prepare(x: Any, what: str = "x") -> Prepared:
     except Exception as e:  # noqa: BLE001 - anything numpy cannot turn into an array
         raise TypeError(f"{what}: expected an array, got {type(x).__name__} ({e})") from None
     if a.dtype == object:
-        raise TypeError(f"{what}: expected an array, got {type(x).__name__}")
+        raise TypeError(f"{what}: expected an array of numbers, got {type(x).__name__} (numpy reads it as dtype object)")
     return _prepare_numpy(a, what, "numpy")
 
 

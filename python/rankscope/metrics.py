@@ -235,6 +235,8 @@ def _device_values(p: Prepared, what: str) -> Any:
 def _host_values(p: Prepared, what: str) -> np.ndarray:
     """A float32/float64 numpy view (or small copy for float16/bfloat16) of singular values."""
     data = p.data
+    if p.kind == "jax" and p.dtype == "bfloat16":  # numpy cannot view JAX's bfloat16: k values, widened
+        return np.asarray(p.origin.astype("float32"))
     if p.dlpack_shape is not None:
         raise TypeError(f"{what}: {p.dtype} singular values from a DLPack-only object; convert them to float32")
     if p.kind == "torch":
