@@ -508,6 +508,35 @@ def test_onnx(tmp_path, rng, external):
     assert info.dtype == "bfloat16" and same_bits(data, bf.to(torch.float32).numpy())
 
 
+def test_onnx_initializer_that_cannot_be_read_names_file_and_tensor(tmp_path, rng):
+    """An initializer whose dims do not match its data, or whose external data file is cut short:
+    load() said only 'cannot reshape array of size 12 into shape (5,5)' (no file, no tensor)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    bad = numpy_helper.from_array(w, "fc.weight")
+    del bad.dims[:]
+    bad.dims.extend([5, 5])
+    inits = [bad, numpy_helper.from_array(w, "ok.weight")]
+    p = tmp_path / "bad.onnx"
+    onnx.save_model(helper.make_model(helper.make_graph([], "g", [], [], initializer=inits)), str(p))
+    infos = {i.name: i for i in only(p).tensors()}
+    with pytest.raises(ValueError, match="cannot reshape") as e:
+        infos["fc.weight"].load()
+    assert str(p) in str(e.value) and "'fc.weight'" in str(e.value)
+    np.testing.assert_array_equal(infos["ok.weight"].load(), w)
+
+    ext = tmp_path / "ext.onnx"
+    model = helper.make_model(helper.make_graph([], "g", [], [], initializer=inits[1:]))
+    onnx.save_model(model, str(ext), save_as_external_data=True, location="ext.data", size_threshold=0)
+    os.truncate(tmp_path / "ext.data", 10)
+    (info,) = only(ext).tensors()
+    with pytest.raises(ValueError, match="exceeds available data") as e:
+        info.load()
+    assert str(ext) in str(e.value) and "'ok.weight'" in str(e.value)
+
+
 # ---- nn.Module and in-memory state dicts --------------------------------------------------------
 
 

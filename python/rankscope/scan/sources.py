@@ -821,6 +821,7 @@ class _OnnxReader(_Closable):
     def __init__(self, path: str):
         self._onnx = optional_import("onnx", "onnx", "ONNX models")
         self.label = f"ONNX model {path}"
+        self.path = path
         self._base = os.path.dirname(path)
         self._model = self._onnx.load(path, load_external_data=False)
         if not self._model.ir_version and not self._model.HasField("graph"):
@@ -850,7 +851,10 @@ class _OnnxReader(_Closable):
             c = onnx.TensorProto()
             c.CopyFrom(t)
             t = c
-        a = onnx.numpy_helper.to_array(t, base_dir=self._base)
+        try:
+            a = onnx.numpy_helper.to_array(t, base_dir=self._base)
+        except Exception as e:  # onnx's words name neither the model nor (always) the tensor
+            raise ValueError(f"{self.path}: initializer {t.name!r}: {_describe(e)}") from e
         name = a.dtype.name
         if name == "bfloat16":
             return _widen_bf16(a.view(np.uint16))
