@@ -167,3 +167,29 @@ def test_frame_of_non_numbers_names_the_dtype():
         rs.svdvals(frame)
     np.testing.assert_allclose(rs.svdvals(pd.DataFrame({"a": [1, 2], "b": [3.0, 4.0]})),
                                np.linalg.svd(np.array([[1.0, 3.0], [2.0, 4.0]]), compute_uv=False), rtol=1e-14)
+
+
+# ---- participation_ratio of a list names the item ---------------------------------------------
+
+
+def test_participation_ratio_list_errors_name_the_item(rng):
+    """Was: "x must have at least 2 dimensions", "x contains NaN or Inf", "x: complex input" for the
+    second item of a list, as if the list itself were wrong (svdvals says "matrix x[1]")."""
+    good = rng.standard_normal((4, 3))
+    with pytest.raises(ValueError, match=r"^x\[1\] must have at least 2 dimensions \(\.\.\., m, n\), got shape \(3,\)"):
+        rs.participation_ratio([good, np.ones(3)])
+    with pytest.raises(ValueError, match=r"^x\[1\] contains NaN or Inf; pass check_finite=False"):
+        rs.participation_ratio([good, np.full((2, 2), np.nan)])
+    with pytest.raises(TypeError, match=r"^x\[1\]: complex input"):
+        rs.participation_ratio([good, np.ones((2, 2), complex)])
+    with pytest.raises(ValueError, match=r"^x\[1\] is on device 'meta'"):
+        rs.participation_ratio([torch.ones(3, 3), torch.ones(2, 2, device="meta")])
+    # the values: each item's own PR, as for the item alone
+    items = [good, torch.from_numpy(rng.standard_normal((5, 2))), rng.standard_normal((2, 6, 3))]
+    got = rs.participation_ratio(items)
+    for g, a in zip(got, items):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(rs.participation_ratio(a)), rtol=1e-15)
+    assert isinstance(got[1], torch.Tensor) and got[2].shape == (2,)
+    c = good - good.mean(0)
+    ev = np.linalg.eigvalsh(c.T @ c)
+    assert float(got[0]) == pytest.approx(ev.sum() ** 2 / np.sum(ev**2), rel=1e-12)

@@ -43,10 +43,10 @@ def _check_status(status: np.ndarray, check_finite: bool, where) -> None:
         )
 
 
-def _regular(x: Any) -> Prepared:
-    p = prepare(x)
+def _regular(x: Any, what: str = "x") -> Prepared:
+    p = prepare(x, what)
     if len(p.shape) < 2:
-        raise ValueError(f"x must have at least 2 dimensions (..., m, n), got shape {p.shape}")
+        raise ValueError(f"{what} must have at least 2 dimensions (..., m, n), got shape {p.shape}")
     return p
 
 
@@ -263,16 +263,21 @@ def participation_ratio(x, *, center=True, check_finite=True):
     Xcᵀ Xc and Xc Xcᵀ. Zero (or constant, when centred) data gives 0.0.
     """
     if is_ragged(x):
-        return [participation_ratio(e, center=center, check_finite=check_finite) for e in x]
-    p = _regular(x)
+        return [_participation_ratio(e, center, check_finite, f"x[{i}]") for i, e in enumerate(x)]
+    return _participation_ratio(x, center, check_finite, "x")
+
+
+def _participation_ratio(x: Any, center: bool, check_finite: bool, what: str):
+    """participation_ratio of one array (..., N, d); `what` names it in errors."""
+    p = _regular(x, what)
     if p.kind == "jax" and p.on_cuda:
-        return _participation_ratio_jax(p.data, center, check_finite)
+        return _participation_ratio_jax(p.data, center, check_finite, what)
     if p.on_cuda:
-        return _participation_ratio_device(p, center, check_finite)
-    a = metrics._host_values(p, "x") if p.kind == "torch" else p.data
+        return _participation_ratio_device(p, center, check_finite, what)
+    a = metrics._host_values(p, what) if p.kind == "torch" else p.data
     a = np.asarray(a, dtype=np.float64)
     if check_finite and not np.all(np.isfinite(a)):
-        raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
+        raise ValueError(f"{what} contains NaN or Inf; pass check_finite=False to get NaN results instead")
     if center:
         # Shift by the first row before centring: the result is the same, but constant columns become
         # exact zeros (x - mean(x) leaves rounding residue, whose PR is garbage instead of 0.0).
@@ -291,7 +296,7 @@ def participation_ratio(x, *, center=True, check_finite=True):
     return to_framework(np.asarray(pr), p)
 
 
-def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool):
+def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool, what: str = "x"):
     """participation_ratio of a torch CUDA tensor or CuPy array, in float64 on its device."""
     if p.kind == "torch":
         import torch as xp
@@ -302,7 +307,7 @@ def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool):
 
         a = p.data.astype(xp.float64)
     if check_finite and not bool(xp.isfinite(a).all()):
-        raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
+        raise ValueError(f"{what} contains NaN or Inf; pass check_finite=False to get NaN results instead")
     if center:
         a = a - a[..., :1, :]
         a = a - a.mean(-2, keepdims=True) if p.kind == "cupy" else a - a.mean(-2, keepdim=True)
@@ -319,7 +324,7 @@ def _participation_ratio_device(p: Prepared, center: bool, check_finite: bool):
     return xp.where(xp.isnan(tr), tr, pr)
 
 
-def _participation_ratio_jax(a: Any, center: bool, check_finite: bool) -> Any:
+def _participation_ratio_jax(a: Any, center: bool, check_finite: bool, what: str = "x") -> Any:
     """participation_ratio of a JAX array with jax.numpy on its device: float64 (x64 switched on for
     the computation), the result in JAX's canonical dtype."""
     import jax
@@ -328,7 +333,7 @@ def _participation_ratio_jax(a: Any, center: bool, check_finite: bool) -> Any:
     with jax.enable_x64(True):
         a = a.astype(jnp.float64)
         if check_finite and not bool(jnp.isfinite(a).all()):
-            raise ValueError("x contains NaN or Inf; pass check_finite=False to get NaN results instead")
+            raise ValueError(f"{what} contains NaN or Inf; pass check_finite=False to get NaN results instead")
         if center:
             a = a - a[..., :1, :]
             a = a - a.mean(-2, keepdims=True)
