@@ -356,6 +356,41 @@ def test_checkpoint_with_objects_torch_does_not_unpickle(tmp_path, rng):
     assert str(tmp_path / "scripted.pt") in err.error
 
 
+class _RunsAProcess:
+    """A pickle payload through a callable torch does not block by name (subprocess.call)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import subprocess
+
+        return (subprocess.call, (["touch", self.marker],))
+
+
+def test_numpy_arrays_in_torch_checkpoints_are_weights(tmp_path, rng):
+    """torch.save of numpy arrays (alone or next to tensors): the arrays are read as the weights they
+    are, through numpy's own reconstruction, not as placeholders (a mixed file lost its numpy
+    tensors silently, an all-numpy file said 'no tensors found'); other refused callables stay
+    inert placeholders and never run."""
+    a = rng.standard_normal((5, 3)).astype(np.float32)
+    i = np.arange(4, dtype=np.int64)
+    t = torch.from_numpy(rng.standard_normal((4, 2)))
+    marker = tmp_path / "payload-ran"
+    torch.save({"a": a, "ids": i, "t": t, "step": np.float64(3.0)}, tmp_path / "mixed.pt")
+    torch.save({"a": a}, tmp_path / "numpy.pt")
+    torch.save({"a": a, "cb": _RunsAProcess(marker)}, tmp_path / "payload.pt")
+    got = loaded(only(tmp_path / "mixed.pt"))
+    assert list(got) == ["a", "ids", "t"]
+    np.testing.assert_array_equal(got["a"][1], a)
+    assert got["a"][0].dtype == "float32" and got["ids"][0].dtype == "int64"
+    np.testing.assert_array_equal(got["ids"][1], i)
+    assert torch.equal(got["t"][1], t)
+    np.testing.assert_array_equal(loaded(only(tmp_path / "numpy.pt"))["a"][1], a)
+    got = loaded(only(tmp_path / "payload.pt"))
+    assert list(got) == ["a"] and not marker.exists()
+
+
 def test_npz(tmp_path, rng):
     ref = numpy_tensors(rng)
     ref["fortran"] = np.asfortranarray(rng.standard_normal((6, 4)))

@@ -607,11 +607,27 @@ def _torch_load(path: str) -> tuple[Any, _SizeGuard | None]:
         if not refused:
             raise
     # objects next to the tensors that the weights-only unpickler refuses (argparse.Namespace
-    # args, numpy scalars, a pickled nn.Module): each becomes an inert placeholder of that name,
-    # never imported nor called; the state dict's tensors load as ever
-    stubs = [(type(n, (_Placeholder,), {}), n) for n in refused]
-    with torch.serialization.safe_globals(stubs):
+    # args, a pickled nn.Module): each becomes an inert placeholder of that name, never imported
+    # nor called; numpy's array and scalar machinery is let through as itself (it rebuilds arrays
+    # from their bytes), so that numpy arrays in a checkpoint are weights, not placeholders
+    allowed: list = [(_numpy_global(n) or type(n, (_Placeholder,), {}), n) for n in refused]
+    if any(n.startswith("numpy.") for n in refused):  # the dtype classes an array's BUILD names
+        allowed += [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+    with torch.serialization.safe_globals(allowed):
         return load(), guard
+
+
+def _numpy_global(name: str) -> Any:
+    """numpy's own object for the globals a pickled numpy array or scalar names, else None."""
+    module, _, attr = name.rpartition(".")
+    if module in ("numpy.core.multiarray", "numpy._core.multiarray") and attr in ("_reconstruct", "scalar"):
+        return getattr(np._core.multiarray if hasattr(np, "_core") else np.core.multiarray, attr)
+    if module == "numpy" and attr in ("ndarray", "dtype"):
+        return getattr(np, attr)
+    if module == "numpy.dtypes":
+        obj = getattr(np.dtypes, attr, None)
+        return obj if isinstance(obj, type) and issubclass(obj, np.dtype) else None
+    return None
 
 
 class _Placeholder:
