@@ -206,6 +206,16 @@ def test_ragged_nested_list():
         rs.svdvals([[1.0, 2.0], [3.0]])
 
 
+def test_ragged_nested_list_says_how_to_pass_different_shapes():
+    """A list of matrices of different shapes must hold arrays: one nested list among them made the
+    whole list a nested list, and the error did not say so."""
+    hint = r"regular array \(.*\); for matrices \(or spectra\) of different shapes pass a list of arrays"
+    with pytest.raises(ValueError, match=r"^x: nested lists must form a " + hint):
+        rs.svdvals([np.ones((3, 2)), [[1.0, 2.0], [3.0, 4.0]]])
+    with pytest.raises(ValueError, match=r"^s: nested lists must form a " + hint):
+        metrics.sv_max([[3.0, 1.0], [2.0]])
+
+
 def test_ragged_list_with_3d_element(rng):
     with pytest.raises(ValueError, match=r"x\[1\] must be a 2-D matrix"):
         rs.svdvals([rng.standard_normal((3, 4)), rng.standard_normal((2, 3, 4))])

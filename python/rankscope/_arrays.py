@@ -274,7 +274,8 @@ def prepare(x: Any, what: str = "x") -> Prepared:
         try:
             a = np.asarray(x)
         except ValueError as e:  # ragged nested lists
-            raise ValueError(f"{what}: nested lists must form a regular array ({e})") from None
+            raise ValueError(f"{what}: nested lists must form a regular array ({e}); for matrices (or spectra) of "
+                             "different shapes pass a list of arrays") from None
         return _prepare_numpy(a, what, "list")
     if hasattr(x, "__dlpack__") and not hasattr(x, "__array_interface__"):
         try:
