@@ -387,8 +387,46 @@ def test_numpy_arrays_in_torch_checkpoints_are_weights(tmp_path, rng):
     np.testing.assert_array_equal(got["ids"][1], i)
     assert torch.equal(got["t"][1], t)
     np.testing.assert_array_equal(loaded(only(tmp_path / "numpy.pt"))["a"][1], a)
-    got = loaded(only(tmp_path / "payload.pt"))
-    assert list(got) == ["a"] and not marker.exists()
+    infos = {i.name: i for i in only(tmp_path / "payload.pt").tensors()}
+    assert list(infos) == ["a", "cb"] and infos["cb"].dtype.startswith("pickled ")  # a skipped row
+    np.testing.assert_array_equal(infos["a"].load(), a)
+    assert not marker.exists()
+
+
+class _Box:
+    """A user's object holding a weight, pickled into a state dict."""
+
+    def __init__(self, t):
+        self.t = t
+
+
+class _MyTensor(torch.Tensor):
+    """A user's torch.Tensor subclass."""
+
+
+def test_refused_objects_in_a_state_dict_are_rows_not_silence(tmp_path, rng):
+    """A state dict entry of a class the weights-only unpickler refuses is a skipped row naming the
+    class (it vanished: the placeholder was neither a tensor nor listed); tensors of a refused
+    torch.Tensor subclass make the file an error saying so (was 'Creating a Tensor subclass from a
+    class that does not inherit from Tensor is not possible')."""
+    import rankscope as rs
+
+    v = torch.from_numpy(rng.standard_normal((5, 3)).astype(np.float32))
+    torch.save({"w": _Box(torch.ones(6, 4)), "v": v}, tmp_path / "box.pt")
+    torch.save({"w": torch.ones(6, 4).as_subclass(_MyTensor), "v": v}, tmp_path / "sub.pt")
+    infos = {i.name: i for i in only(tmp_path / "box.pt").tensors()}
+    assert list(infos) == ["w", "v"]
+    assert infos["w"].dtype == f"pickled {__name__}._Box" and infos["w"].shape == ()
+    with pytest.raises(ValueError, match="weights-only unpickler refuses; not loaded"):
+        infos["w"].load()
+    assert torch.equal(infos["v"].load(), v)
+    rows = rs.scan(tmp_path / "box.pt", progress=False).layers.set_index("name")
+    assert rows.loc["w", "status"] == "skipped" and "_Box" in rows.loc["w", "warning"]
+    assert rows.loc["v", "status"] in ("success", "failed")
+    (err,) = open_sources(tmp_path / "sub.pt")
+    assert isinstance(err, SourceError), err
+    assert "a torch.Tensor subclass the weights-only unpickler refuses" in err.error
+    assert f"{__name__}._MyTensor" in err.error
 
 
 def test_npz(tmp_path, rng):

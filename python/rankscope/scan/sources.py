@@ -18,8 +18,10 @@ Formats (``ModelSource.kind``) and what ``load()`` returns:
 - a Hugging Face model folder ("hf"): as its weight files' format.
 - ``*.pt``, ``*.pth``, ``*.bin``, ``*.ckpt`` ("torch"): the torch tensor, memory-mapped for
   zipfile checkpoints (``torch.load(weights_only=True, mmap=True)``). Objects of classes that
-  unpickler refuses (a timm checkpoint's argparse.Namespace, numpy scalars) load as inert
-  placeholders, never imported nor called; TorchScript archives are refused.
+  unpickler refuses (a timm checkpoint's argparse.Namespace) load as inert placeholders, never
+  imported nor called (an entry of the state dict itself is listed with dtype "pickled <class>", so
+  the scan reports it skipped); numpy arrays load as arrays; tensors of a refused torch.Tensor
+  subclass and TorchScript archives make the file an error saying so.
 - ``*.npz`` ("npz"): numpy, read from the archive per key.
 - ``*.gguf`` ("gguf"): numpy; F32/F16/F64 views of the memory map, quantised types dequantised.
 - ``*.onnx`` ("onnx"): numpy, from the graph's initializers (external data read per tensor).
@@ -526,6 +528,9 @@ class _MappingReader(_Closable):
         self._check_open()
         seen: set[tuple] = set()
         for k, v in self._sd.items():
+            if isinstance(v, _Placeholder):  # an object the unpickler refused: a row saying so
+                yield TensorInfo(str(k), (), f"pickled {v.refused}", partial(_refused_load, str(k), v.refused))
+                continue
             if not _is_array(v):
                 continue
             same = _same_tensor_key(v)
@@ -610,11 +615,20 @@ def _torch_load(path: str) -> tuple[Any, _SizeGuard | None]:
     # args, a pickled nn.Module): each becomes an inert placeholder of that name, never imported
     # nor called; numpy's array and scalar machinery is let through as itself (it rebuilds arrays
     # from their bytes), so that numpy arrays in a checkpoint are weights, not placeholders
-    allowed: list = [(_numpy_global(n) or type(n, (_Placeholder,), {}), n) for n in refused]
+    allowed: list = [(_numpy_global(n) or type(n, (_Placeholder,), {"refused": n}), n) for n in refused]
     if any(n.startswith("numpy.") for n in refused):  # the dtype classes an array's BUILD names
         allowed += [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
-    with torch.serialization.safe_globals(allowed):
-        return load(), guard
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return load(), guard
+    except TypeError as e:
+        if "Tensor subclass" not in str(e):
+            raise
+        raise ValueError(
+            f"holds tensors of a torch.Tensor subclass the weights-only unpickler refuses (one of "
+            f"{', '.join(refused)}); rankscope does not import it: save plain tensors "
+            "(t.as_subclass(torch.Tensor)) or scan the loaded module"
+        ) from e
 
 
 def _numpy_global(name: str) -> Any:
@@ -631,13 +645,20 @@ def _numpy_global(name: str) -> Any:
 
 
 class _Placeholder:
-    """What a checkpoint's non-tensor object of a refused class loads as: nothing."""
+    """What a checkpoint's non-tensor object of a refused class loads as: nothing. In a state dict it
+    is listed as a tensor of dtype "pickled <class>", which the scan reports skipped."""
+
+    refused = "?"  # the class's name in the pickle (set on each placeholder type)
 
     def __init__(self, *args, **kwargs):
         pass
 
     def __setstate__(self, state):
         pass
+
+
+def _refused_load(name: str, cls: str) -> Any:
+    raise ValueError(f"{name}: an object of class {cls}, which the weights-only unpickler refuses; not loaded")
 
 
 def _state_dict_of_file(path: str) -> tuple[Mapping, _SizeGuard | None]:
