@@ -124,8 +124,10 @@ def plan_tensor(info, *, conv: str = "slices", split_qkv: bool = False) -> list[
         ]
     if len(shape) == 4:
         o, i, kh, kw = shape
-        # WeightWatcher's channel detection: (out, in, kh, kw) when out + in >= kh + kw, else (kh, kw, in, out)
-        first = o + i >= kh + kw
+        # A torch module's weight is (out, in, kh, kw) whatever its sizes (WeightWatcher reads torch layers
+        # so: it flips its own channel detection back for them). Without a module, WeightWatcher's
+        # detection: (out, in, kh, kw) when out + in >= kh + kw, else (kh, kw, in, out).
+        first = bool(mtype) or o + i >= kh + kw
         if not first:
             kh, kw, i, o = shape
         if conv not in CONV_MODES:

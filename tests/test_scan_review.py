@@ -1,0 +1,51 @@
+"""Review of rankscope.scan against WeightWatcher 0.7.7's analyze() and float64 numpy oracles on small
+plain-torch models: the cases the broader parity tests (test_scan_ww.py) do not reach.
+
+Tolerances as in test_scan_ww.py: both sides see the same float32 weights; fits to 1e-6 relative,
+norms to 1e-9. Shapes, counts and ranks are compared exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import rankscope as rs
+import torch
+
+ww = pytest.importorskip("weightwatcher")
+logging.getLogger("weightwatcher").setLevel(logging.CRITICAL + 1)
+
+
+def _ww_rows(model):
+    details = ww.WeightWatcher(model=model).analyze()
+    return {row["longname"]: row for _, row in details.iterrows()}
+
+
+def _our_rows(model, **kw):
+    rows = rs.scan(model, progress=False, rank_policy="ww", **kw).scanned
+    return {row["tensor"].removesuffix(".weight"): row for _, row in rows.iterrows()}
+
+
+def test_conv2d_kernel_wider_than_channels_is_out_by_in_slices(rng):
+    """A torch Conv2d weight is (out, in, kh, kw) whatever its sizes. Conv2d(4, 4, 7) has out + in <
+    kh + kw; it was read as (kh, kw, in, out) — 16 slices of 7 × 7 instead of 49 of 4 × 4 — so every
+    column differed from WeightWatcher (which flips its own detection back for torch layers)."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 7), torch.nn.Conv2d(3, 6, 5))
+    ours, theirs = _our_rows(model), _ww_rows(model)
+    for name in ("0", "1"):
+        o, t = ours[name], theirs[name]
+        assert (o["N"], o["M"], o["rf"], o["num_evals"]) == (t["N"], t["M"], t["rf"], t["num_evals"]), name
+        for c in ("alpha", "xmin", "D"):
+            np.testing.assert_allclose(o[c], t[c], rtol=1e-6, err_msg=f"{name} {c}")
+        for c in ("log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm", "stable_rank", "entropy"):
+            np.testing.assert_allclose(o[c], t[c], rtol=1e-9, err_msg=f"{name} {c}")
+        assert o["matrix_rank"] == t["matrix_rank"] and o["rank_loss"] == t["rank_loss"]
+        # sv_max of the stored slices (WeightWatcher's is scaled by its conv2d_norm √½)
+        W = dict(model.named_parameters())[f"{name}.weight"].detach().double().numpy()
+        s = np.concatenate([np.linalg.svd(W[:, :, p, q], compute_uv=False)
+                            for p in range(W.shape[2]) for q in range(W.shape[3])])
+        np.testing.assert_allclose(o["sv_max"], s.max(), rtol=1e-9)
+        np.testing.assert_allclose(o["sv_min"], s.min(), rtol=1e-6)
