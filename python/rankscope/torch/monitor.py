@@ -692,7 +692,10 @@ def _float32_spectra_torch(batch: torch.Tensor) -> torch.Tensor:
     finite = torch.isfinite(a).flatten(1).all(dim=1)
     # no branch on `finite`: reading it would make the host wait for the GPU (the side stream)
     a = torch.where(finite[:, None, None], a, torch.zeros((), dtype=a.dtype, device=a.device))
-    ev = torch.linalg.eigvalsh(_gram(a)).clamp_min_(0).flip(-1).double().sqrt_()
+    # float32 even when step() is called inside the training step's autocast region (its matmul
+    # would run in bfloat16/float16)
+    with torch.autocast(a.device.type, enabled=False):
+        ev = torch.linalg.eigvalsh(_gram(a)).clamp_min_(0).flip(-1).double().sqrt_()
     return torch.where(finite[:, None], ev, torch.full((), math.nan, dtype=ev.dtype, device=ev.device))
 
 
