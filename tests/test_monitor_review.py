@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rankscope.torch import SpectralMonitor
+from rankscope.torch import SpectralMonitor, capture
 
 
 def _mlp(seed=0):
@@ -45,5 +45,25 @@ def _with_frozen_bn():
     m.train()
     m[1].eval()  # fine-tuning with frozen BatchNorm statistics
     return m
+
+
+def test_capture_restores_each_submodule_mode():
+    m = _with_frozen_bn()
+    capture(m, [torch.randn(32, 8)], progress=False)
+    assert [x.training for x in m] == [True, False, True]
+    m.eval()
+    m[0].train()
+    capture(m, [torch.randn(32, 8)], progress=False)
+    assert [m.training] + [x.training for x in m] == [False, True, False, False]
+
+
+def test_monitor_activations_keep_a_frozen_batchnorm_frozen():
+    m = _with_frozen_bn()
+    mon = SpectralMonitor(m, activations=True, probe=torch.randn(32, 8), metrics=["alpha", "rankme"])
+    mon.step()
+    assert [x.training for x in m] == [True, False, True]
+    mean = m[1].running_mean.clone()
+    m(torch.randn(32, 8) + 5)  # the next training forward: a frozen BN does not update its statistics
+    assert torch.equal(m[1].running_mean, mean)
 
 

@@ -144,7 +144,7 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
     them to a :class:`rankscope.collapse.ActivationStats` (and a
     :class:`rankscope.neural_collapse.NeuralCollapse` when there are labels), so memory is O(d²)
     per layer whatever the number of samples; activations are never stored. The model runs in eval
-    mode under ``torch.no_grad()`` (its training mode is restored afterwards), on its own device.
+    mode under ``torch.no_grad()`` (every module's training mode is restored afterwards), on its own device.
 
     Parameters
     ----------
@@ -252,7 +252,9 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
 
     from tqdm.auto import tqdm
 
-    was_training = model.training
+    # each module's own mode: model.train(True) afterwards would also unfreeze a sub-module kept in
+    # eval mode (frozen BatchNorm statistics while fine-tuning)
+    modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_hook(hook_for(n)) for n, m in chosen]
     def one_pass(p: int) -> None:
         state["pass"] = p
@@ -302,7 +304,8 @@ def capture(model: torch.nn.Module, loader: Iterable, *, layers: str | Sequence[
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     rows = []
     for name, _ in chosen:
         acc = stats[name]
