@@ -67,3 +67,16 @@ def test_monitor_activations_keep_a_frozen_batchnorm_frozen():
     assert torch.equal(m[1].running_mean, mean)
 
 
+def test_lazy_modules_are_measured_once_initialised():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.LazyLinear(24), torch.nn.ReLU(), torch.nn.Linear(24, 6))
+    mon = SpectralMonitor(m, metrics=["sv_max"])
+    mon.measure()  # before the first forward: the lazy weight has no shape yet
+    assert list(mon.latest) == ["2.weight"]
+    m(torch.randn(4, 40))
+    mon.measure()
+    got = mon.latest
+    assert list(got) == ["0.weight", "2.weight"]
+    assert got["0.weight"]["sv_max"] == pytest.approx(_s(m[0].weight)[0], rel=1e-6)
+
+

@@ -412,7 +412,8 @@ class SpectralMonitor:
         """The scanner's layers of the model's parameters (re-planned when the parameters change)."""
         from ..scan.layers import plan
 
-        params = owned_parameters(self.model)
+        # a lazy module's weight has no shape before the first forward: measured once it has one
+        params = [t for t in owned_parameters(self.model) if not torch.nn.parameter.is_lazy(t[1])]
         key = tuple((n, id(p), tuple(p.shape), p.dtype, p.device) for n, p, _ in params)
         if key != self._plan_key:
             o = self._opts
