@@ -80,3 +80,18 @@ def test_lazy_modules_are_measured_once_initialised():
     assert got["0.weight"]["sv_max"] == pytest.approx(_s(m[0].weight)[0], rel=1e-6)
 
 
+def test_a_one_shot_probe_is_refused():
+    """A generator probe is used up by the first measurement: later ones had no activation values at
+    all, silently (the docstring asks for a re-iterable)."""
+    net = _mlp()
+    with pytest.raises(TypeError, match="re-iterable"):
+        SpectralMonitor(net, activations=True, metrics=["rankme"], probe=(torch.randn(8, 64) for _ in range(2)))
+    with pytest.raises(TypeError, match="re-iterable"):
+        SpectralMonitor(net, activations=True, metrics=["rankme"], probe=iter([torch.randn(8, 64)]))
+    batches = [(torch.randn(8, 64), torch.zeros(8)) for _ in range(2)]
+    mon = SpectralMonitor(net, activations=True, metrics=["rankme"], probe=batches)  # a list is fine
+    mon.step()
+    mon.step()
+    assert mon.latest["0"]["rankme"] > 1
+
+

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -267,6 +267,9 @@ class SpectralMonitor:
                                  "need precision='float64' (or leave them out)")
         if activations is not None and activations is not False and not self.activation_metrics:
             raise ValueError("activations= is set but metrics= names no activation metric")
+        if isinstance(probe, Iterator):  # a generator would be used up by the first measurement
+            raise TypeError(f"probe must be a batch or a re-iterable of batches (a list, a DataLoader), got a "
+                            f"one-shot {type(probe).__name__}: pass list(...) of it")
         lo, hi = alpha_range
         if not lo < hi:
             raise ValueError(f"alpha_range must be (low, high) with low < high, got {alpha_range!r}")
