@@ -150,6 +150,14 @@ def _tensor(r: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(r, dtype=None if dtype is None else _NUMPY[dtype]))
 
 
+_NO_INPUT = object()  # the first argument's default: the input was not passed positionally
+
+
+def _torch_call(name: str, A: Any, args: tuple, kwargs: dict) -> Any:
+    """torch's own function on the arguments as given."""
+    return _TORCH[name](*args, **kwargs) if A is _NO_INPUT else _TORCH[name](A, *args, **kwargs)
+
+
 def _is_real_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -162,15 +170,25 @@ class _Params:
     the way torch would, or gives None for anything else (torch's function then raises or decides,
     with the arguments exactly as given: its messages name what was passed)."""
 
-    def __init__(self, positional: tuple, keyword: tuple):
+    def __init__(self, input_name: str, positional: tuple, keyword: tuple):
+        self.input_name = input_name  # torch's keyword name for the input
         self.positional = tuple(name for name, _ in positional)
         self.names = frozenset(name for name, _ in positional + keyword)
         self.defaults = dict(positional + keyword)
         self.signature = inspect.Signature(
-            [inspect.Parameter("A", _POS)]
+            [inspect.Parameter(input_name, _POS)]
             + [inspect.Parameter(n, _POS, default=d) for n, d in positional]
             + [inspect.Parameter(n, _KW, default=d) for n, d in keyword]
         )
+
+    def input(self, A: Any, kwargs: dict) -> tuple[Any, dict]:
+        """The input, passed positionally or by torch's keyword name (svdvals(A=...), cond(input=...)),
+        and the other keyword arguments (any other keyword, such as A= for cond, stays there: torch
+        then raises its own TypeError)."""
+        if A is _NO_INPUT and self.input_name in kwargs:
+            kwargs = dict(kwargs)
+            A = kwargs.pop(self.input_name)
+        return A, kwargs
 
     def bind(self, args: tuple, kwargs: dict) -> dict | None:
         if not args and not kwargs:
@@ -186,13 +204,13 @@ class _Params:
         return bound
 
 
-_SVDVALS = _Params((), (("driver", None), ("out", None)))
-_RANK = _Params((), (("atol", None), ("rtol", None), ("hermitian", False), ("out", None)))
-_NORM = _Params((("ord", "fro"), ("dim", (-2, -1)), ("keepdim", False)), (("dtype", None), ("out", None)))
-_COND = _Params((("p", None),), (("out", None),))
+_SVDVALS = _Params("A", (), (("driver", None), ("out", None)))
+_RANK = _Params("input", (), (("atol", None), ("rtol", None), ("hermitian", False), ("out", None)))
+_NORM = _Params("input", (("ord", "fro"), ("dim", (-2, -1)), ("keepdim", False)), (("dtype", None), ("out", None)))
+_COND = _Params("input", (("p", None),), (("out", None),))
 
 
-def svdvals(A, *args, **kwargs):
+def svdvals(A=_NO_INPUT, /, *args, **kwargs):
     """Singular values of A (..., m, n), descending: torch.linalg.svdvals(A, *, driver=None, out=None).
 
     The same arguments, result (real dtype of A, shape (..., min(m, n))), errors and ``out=``
@@ -201,16 +219,17 @@ def svdvals(A, *args, **kwargs):
     ``driver=`` and everything else listed in the module docstring go to torch's own function, so
     gradients are always torch's.
     """
+    A, kwargs = _SVDVALS.input(A, kwargs)
     a = _SVDVALS.bind(args, kwargs)
     if a is not None and a["driver"] is None and _engine_ok(A) and _out_ok(a["out"], A, A.dtype):
         s = _spectrum(A, A.dtype)
         if s is not None:
             s = _tensor(s)
             return s if a["out"] is None else _write_out(a["out"], s)
-    return _TORCH["svdvals"](A, *args, **kwargs)
+    return _torch_call("svdvals", A, args, kwargs)
 
 
-def matrix_rank(A, *args, **kwargs):
+def matrix_rank(A=_NO_INPUT, /, *args, **kwargs):
     """Numerical rank of A (..., m, n), as int64: torch.linalg.matrix_rank.
 
     ``matrix_rank(A, *, atol=None, rtol=None, hermitian=False, out=None)`` (and torch's deprecated
@@ -222,6 +241,7 @@ def matrix_rank(A, *args, **kwargs):
     route to resolve, below about (k + √max(m, n))·2e-9·s₁); ``hermitian=True``, tensor or positional tolerances, gradients and everything else listed
     in the module docstring go to torch's own function.
     """
+    A, kwargs = _RANK.input(A, kwargs)
     a = _RANK.bind(args, kwargs)
     if a is not None:
         atol, rtol, out = a["atol"], a["rtol"], a["out"]
@@ -249,7 +269,7 @@ def matrix_rank(A, *args, **kwargs):
             if tol is not None:
                 r = _tensor((s > tol).sum(-1))
                 return r if out is None else _write_out(out, r)
-    return _TORCH["matrix_rank"](A, *args, **kwargs)
+    return _torch_call("matrix_rank", A, args, kwargs)
 
 
 def _rank_tol(s: Any, atol: float | None, rtol: float) -> Any:
@@ -281,7 +301,7 @@ def _norm_dtype(A: torch.Tensor, dtype: Any) -> torch.dtype | None:
     return None
 
 
-def matrix_norm(A, *args, **kwargs):
+def matrix_norm(A=_NO_INPUT, /, *args, **kwargs):
     """Matrix norm of A over two axes: torch.linalg.matrix_norm(A, ord="fro", dim=(-2, -1),
     keepdim=False, *, dtype=None, out=None).
 
@@ -292,6 +312,7 @@ def matrix_norm(A, *args, **kwargs):
     "fro", ±1, ±inf, gradients and everything else listed in the module docstring go to torch's own
     function, so gradients are always torch's.
     """
+    A, kwargs = _NORM.input(A, kwargs)
     a = _NORM.bind(args, kwargs)
     if a is not None:
         ord, keepdim, out = a["ord"], a["keepdim"], a["out"]
@@ -308,10 +329,10 @@ def matrix_norm(A, *args, **kwargs):
                     if keepdim:
                         v = v.reshape([1 if d in dims else size for d, size in enumerate(A.shape)])
                     return v if out is None else _write_out(out, v)
-    return _TORCH["matrix_norm"](A, *args, **kwargs)
+    return _torch_call("matrix_norm", A, args, kwargs)
 
 
-def cond(A, *args, **kwargs):
+def cond(A=_NO_INPUT, /, *args, **kwargs):
     """Condition number of A (..., m, n): torch.linalg.cond(A, p=None, *, out=None).
 
     p=None or 2: s₁ / s_k; p=-2: s_k / s₁ (inf for an exactly singular matrix, NaN for the zero
@@ -323,6 +344,7 @@ def cond(A, *args, **kwargs):
     gradients and everything else listed in the module docstring go to torch's own function, so
     gradients are always torch's.
     """
+    A, kwargs = _COND.input(A, kwargs)
     a = _COND.bind(args, kwargs)
     if a is not None:
         p, out = a["p"], a["out"]
@@ -333,7 +355,7 @@ def cond(A, *args, **kwargs):
                     c = s[..., -1] / s[..., 0] if p == -2 else s[..., 0] / s[..., -1]
                 c = _tensor(c, A.dtype)
                 return c if out is None else _write_out(out, c)
-    return _TORCH["cond"](A, *args, **kwargs)
+    return _torch_call("cond", A, args, kwargs)
 
 
 for _fn, _params in ((svdvals, _SVDVALS), (matrix_rank, _RANK), (matrix_norm, _NORM), (cond, _COND)):
