@@ -95,3 +95,14 @@ def test_a_one_shot_probe_is_refused():
     assert mon.latest["0"]["rankme"] > 1
 
 
+@pytest.mark.parametrize("kwargs, err, match", [
+    ({"alpha_range": 5}, ValueError, "alpha_range"),
+    ({"alpha_range": (1, 2, 3)}, ValueError, "alpha_range"),
+    ({"on_event": 3}, TypeError, "on_event"),
+    ({"forward": "model"}, TypeError, "forward"),
+])
+def test_bad_arguments_say_which(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        SpectralMonitor(_mlp(), metrics=["alpha"], **kwargs)
+
+

@@ -270,7 +270,10 @@ class SpectralMonitor:
         if isinstance(probe, Iterator):  # a generator would be used up by the first measurement
             raise TypeError(f"probe must be a batch or a re-iterable of batches (a list, a DataLoader), got a "
                             f"one-shot {type(probe).__name__}: pass list(...) of it")
-        lo, hi = alpha_range
+        try:
+            lo, hi = alpha_range
+        except (TypeError, ValueError):
+            raise ValueError(f"alpha_range must be (low, high), got {alpha_range!r}") from None
         if not lo < hi:
             raise ValueError(f"alpha_range must be (low, high) with low < high, got {alpha_range!r}")
         if not 0 < rankme_drop < 1:
@@ -281,6 +284,9 @@ class SpectralMonitor:
             raise ValueError(f"min_evals must be a positive int, got {min_evals!r}")
         if not rank_loss_rise >= 0:
             raise ValueError(f"rank_loss_rise must be >= 0, got {rank_loss_rise!r}")
+        for name, f in (("on_event", on_event), ("forward", forward)):
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be a callable or None, got {type(f).__name__}")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                         or num_classes < 2):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
