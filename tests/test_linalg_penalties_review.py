@@ -34,3 +34,15 @@ def test_torch_input_passed_by_keyword_as_torch(rng, name):
             torch.testing.assert_close(ours[0], theirs[0])
     got = getattr(L, name)(**{TORCH_INPUT[name]: A})  # and the engine still computes it
     assert got.shape == L.ORIGINALS[name](A).shape
+
+
+@pytest.mark.parametrize("ord", [2, -2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_matrix_norm_result_is_contiguous(rng, ord, dtype):
+    """float64 batched ord=±2 norms were a strided view into the whole spectrum (stride (12, 4) for a
+    (2, 3) result): .view(6) raised; torch's result is contiguous."""
+    A = torch.from_numpy(rng.standard_normal((2, 3, 4, 4))).to(dtype)
+    got = L.matrix_norm(A, ord)
+    want = L.ORIGINALS["matrix_norm"](A, ord)
+    assert got.is_contiguous() and got.stride() == want.stride()
+    torch.testing.assert_close(got.view(6), want.view(6))

@@ -143,11 +143,12 @@ def _spectrum(A: torch.Tensor, dtype: torch.dtype, method: str = "auto") -> Any:
 
 
 def _tensor(r: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A result computed from _spectrum's values as a tensor (of `dtype`, if given; numpy results:
-    converted in numpy, then shared with torch without a copy)."""
+    """A result computed from _spectrum's values as a contiguous tensor, as torch returns (of `dtype`,
+    if given; numpy results: converted in numpy, then shared with torch without a copy). s[..., 0] of
+    a batch is a strided view into the whole spectrum: copied then."""
     if isinstance(r, torch.Tensor):
-        return r if dtype is None else r.to(dtype)
-    return torch.from_numpy(np.asarray(r, dtype=None if dtype is None else _NUMPY[dtype]))
+        return (r if dtype is None else r.to(dtype)).contiguous()
+    return torch.from_numpy(np.asarray(r, dtype=None if dtype is None else _NUMPY[dtype], order="C"))
 
 
 _NO_INPUT = object()  # the first argument's default: the input was not passed positionally
