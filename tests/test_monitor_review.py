@@ -95,6 +95,13 @@ def test_a_one_shot_probe_is_refused():
     assert mon.latest["0"]["rankme"] > 1
 
 
+def test_layers_matching_nothing_is_an_error():
+    net = _mlp()
+    mon = SpectralMonitor(net, layers="fc", metrics=["alpha"])  # a Sequential's names are 0, 2
+    with pytest.raises(ValueError, match=r"layers='fc' matches no parameter.*0\.weight, 0\.bias"):
+        mon.step()
+
+
 @pytest.mark.parametrize("kwargs, err, match", [
     ({"alpha_range": 5}, ValueError, "alpha_range"),
     ({"alpha_range": (1, 2, 3)}, ValueError, "alpha_range"),

@@ -419,13 +419,17 @@ class SpectralMonitor:
 
     def _layers(self) -> list:
         """The scanner's layers of the model's parameters (re-planned when the parameters change)."""
-        from ..scan.layers import plan
+        from ..scan.layers import name_filter, plan
 
         # a lazy module's weight has no shape before the first forward: measured once it has one
         params = [t for t in owned_parameters(self.model) if not torch.nn.parameter.is_lazy(t[1])]
         key = tuple((n, id(p), tuple(p.shape), p.dtype, p.device) for n, p, _ in params)
         if key != self._plan_key:
             o = self._opts
+            names = [n for n, _, _ in owned_parameters(self.model)]
+            if o.layers is not None and not any(map(name_filter(o.layers), names)):
+                raise ValueError(f"layers={o.layers!r} matches no parameter of the model; its parameters: "
+                                 f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
             infos = tensor_infos(params, lambda p: (lambda: p.detach()))
             self._plan = [la for la in plan(infos, conv=o.conv, split_qkv=o.split_qkv, layers=o.layers,
                                             min_dim=o.min_dim, max_dim=o.max_dim) if la.skip is None]
