@@ -46,3 +46,13 @@ def test_torch_matrix_norm_result_is_contiguous(rng, ord, dtype):
     want = L.ORIGINALS["matrix_norm"](A, ord)
     assert got.is_contiguous() and got.stride() == want.stride()
     torch.testing.assert_close(got.view(6), want.view(6))
+
+
+def test_torch_matrix_rank_negative_rtol_as_torch():
+    """torch's tolerance is max(atol, rtol·s₁) with atol = 0 when not given: rtol < 0 counts s > 0.
+    Ours used rtol·s₁ alone, so a negative rtol counted the zero singular values too (3, not 1)."""
+    for dtype in (torch.float32, torch.float64):
+        A = torch.zeros(2, 3, 3, dtype=dtype)
+        A[:, 0, 0] = 1.0
+        for kw in ({"rtol": -1.0}, {"rtol": -1e-3}, {"rtol": -1.0, "atol": -1.0}):
+            torch.testing.assert_close(L.matrix_rank(A, **kw), L.ORIGINALS["matrix_rank"](A, **kw))

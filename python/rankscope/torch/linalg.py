@@ -274,11 +274,11 @@ def matrix_rank(A=_NO_INPUT, /, *args, **kwargs):
 
 
 def _rank_tol(s: Any, atol: float | None, rtol: float) -> Any:
-    """max(atol, rtol · s₁) of each spectrum, shaped (..., 1)."""
+    """max(atol, rtol · s₁) of each spectrum, shaped (..., 1); atol is 0 when not given, as torch's
+    (a negative rtol then counts the values above 0)."""
     tol = s[..., :1] * float(rtol)
-    if atol is None:
-        return tol
-    return tol.clamp(min=float(atol)) if isinstance(tol, torch.Tensor) else np.maximum(tol, float(atol))
+    atol = 0.0 if atol is None else float(atol)
+    return tol.clamp(min=atol) if isinstance(tol, torch.Tensor) else np.maximum(tol, atol)
 
 
 def _matrix_dims(dim: Any, ndim: int) -> tuple[int, int] | None:
