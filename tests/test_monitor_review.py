@@ -4,6 +4,8 @@ arguments."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -111,5 +113,23 @@ def test_layers_matching_nothing_is_an_error():
 def test_bad_arguments_say_which(kwargs, err, match):
     with pytest.raises(err, match=match):
         SpectralMonitor(_mlp(), metrics=["alpha"], **kwargs)
+
+
+def test_csv_writer_creates_and_recreates_its_folder(tmp_path):
+    pd = pytest.importorskip("pandas")
+    folder = tmp_path / "runs" / "exp"
+    path = folder / "monitor.csv"
+    net = _mlp()
+    mon = SpectralMonitor(net, metrics=["sv_max"], log=path)  # the run's folder is not there yet
+    mon.step()
+    shutil.rmtree(tmp_path / "runs")  # a clean-up removes it mid-run
+    mon.step()
+    mon.close()
+    df = pd.read_csv(path)
+    h = mon.history
+    h2 = h[h["step"] == 2]
+    assert df["step"].tolist() == [2, 2]
+    assert df["layer"].tolist() == h2["layer"].tolist()
+    np.testing.assert_allclose(df["value"], h2["value"], rtol=1e-15)
 
 

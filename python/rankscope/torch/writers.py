@@ -67,7 +67,8 @@ class TableWriter:
     """Writes every value as a row (step, layer, metric, value) to a CSV or Parquet file.
 
     CSV rows are appended as each measurement arrives (the header once; an existing file is
-    replaced when the writer opens it). Parquet files cannot be appended to: the whole table is
+    replaced when the writer opens it; the folder is created, and the file started again with its
+    header if it was removed during the run). Parquet files cannot be appended to: the whole table is
     rewritten atomically on ``flush()``/``close()`` and every `rewrite_every` measurements (needs
     ``pyarrow``: ``pip install "rankscope[parquet]"``).
     """
@@ -86,13 +87,21 @@ class TableWriter:
         self._rows: list[tuple] = []
         self._records = 0
         if self.kind == "csv":
-            with open(path, "w", encoding="utf-8") as f:
-                f.write("step,layer,metric,value\n")
+            self._header()
+
+    def _header(self) -> None:
+        # the folder too (as the Parquet writer and SummaryWriter do): a run's log folder is often not
+        # made yet, or a clean-up removed it mid-run
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write("step,layer,metric,value\n")
 
     def __call__(self, record) -> None:
         rows = record.rows()
         self._records += 1
         if self.kind == "csv":
+            if not os.path.exists(self.path):  # removed since: start it again (with its header)
+                self._header()
             with open(self.path, "a", encoding="utf-8") as f:
                 f.writelines(f"{s},{_csv_field(la)},{m},{_csv_value(v)}\n" for s, la, m, v in rows)
             return
