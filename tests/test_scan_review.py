@@ -49,3 +49,19 @@ def test_conv2d_kernel_wider_than_channels_is_out_by_in_slices(rng):
                             for p in range(W.shape[2]) for q in range(W.shape[3])])
         np.testing.assert_allclose(o["sv_max"], s.max(), rtol=1e-9)
         np.testing.assert_allclose(o["sv_min"], s.min(), rtol=1e-6)
+
+
+def test_float64_layer_whose_eigenvalues_overflow_is_a_failed_row(rng):
+    """A float64 layer with s_max > ~1.3e154 has l = s² = inf. The scan raised 'evals holds NaN or Inf'
+    from the entropy and lost every other layer; now that layer is a failed row that keeps its
+    singular-value columns (those of a float64 SVD) and says why, and the other layers are unaffected."""
+    A, B = rng.standard_normal((60, 40)), rng.standard_normal((30, 20))
+    layers = rs.scan({"huge": A * 1e200, "ok": B}, progress=False).layers.set_index("name")
+    huge, ok = layers.loc["huge"], layers.loc["ok"]
+    assert huge["status"] == "failed" and "overflow" in huge["warning"]
+    s = np.linalg.svd(A * 1e200, compute_uv=False)
+    np.testing.assert_allclose([huge["sv_max"], huge["sv_min"]], [s.max(), s.min()], rtol=1e-12)
+    alone = rs.scan({"ok": B}, progress=False).layers.set_index("name").loc["ok"]
+    assert ok["status"] == "success"
+    for c in ("alpha", "xmin", "D", "log_norm", "stable_rank", "entropy", "sv_min"):
+        assert ok[c] == alone[c], c

@@ -511,13 +511,17 @@ def layer_row(layer: Layer, spectra: list[np.ndarray], refined: np.ndarray, rand
         return row, None
     s_all = np.concatenate(spectra)
     scale = 0.5 if (layer.kind == "conv2d" and opts.conv == "slices" and opts.conv2d_norm) else 1.0
-    ev = np.sort(s_all * s_all) * scale
+    with np.errstate(over="ignore"):
+        ev = np.sort(s_all * s_all) * scale
     sv_max, sv_min = float(col["sv_max"].max()), float(col["sv_min"].min())
     row.update(num_evals=len(ev), sv_max=sv_max, sv_min=sv_min,
                log10_sv_min=math.log10(sv_min) if sv_min > 0 else -math.inf,
                log10_sv_min_rel=(math.log10(sv_min / sv_max) if sv_min > 0 else -math.inf) if sv_max > 0 else math.nan,
                condition_number=sv_max / sv_min if sv_min > 0 else math.inf,
                weak_rank_loss=int(np.count_nonzero(ev < 1e-6)))
+    if not np.isfinite(ev[-1]):  # float64 weights with s_max > ~1.3e154: l = s² is inf
+        row.update(status="failed", warning=f"eigenvalues l = s² overflow float64 (sv_max = {sv_max:.3g})")
+        return row, None
     if opts.rank_policy == "ww":  # WeightWatcher: the rank of the pooled spectrum, rank loss per slice
         row["matrix_rank"] = int(fits.hard_rank_ww(ev, layer.N))
         row["rank_loss"] = int(col["rank_loss"].sum())
