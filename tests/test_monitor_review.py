@@ -5,6 +5,7 @@ arguments."""
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -133,3 +134,52 @@ def test_csv_writer_creates_and_recreates_its_folder(tmp_path):
     np.testing.assert_allclose(df["value"], h2["value"], rtol=1e-15)
 
 
+def test_hf_callback_follows_a_new_model():
+    """The same callback in a second Trainer (hyperparameter search, model_init): the monitor must
+    measure the new model, not keep measuring the first one."""
+    pytest.importorskip("transformers")
+    from rankscope.torch.hf import SpectralMonitorCallback
+    from transformers import TrainerState
+
+    cb = SpectralMonitorCallback(metrics=["sv_max"])
+    first, second = _mlp(0), _mlp(1)
+    s1 = TrainerState()
+    cb.on_train_begin(None, s1, None, model=first)
+    s1.global_step = 1
+    cb.on_step_end(None, s1, None)
+    mon1 = cb.monitor
+    cb.on_train_begin(None, s1, None, model=first)  # train() again on the same model: same monitor
+    assert cb.monitor is mon1
+    s2 = TrainerState()
+    cb.on_train_begin(None, s2, None, model=second)
+    s2.global_step = 1
+    cb.on_step_end(None, s2, None)
+    assert cb.monitor.model is second
+    assert cb.monitor.latest["0.weight"]["sv_max"] == pytest.approx(_s(second[0].weight)[0], rel=1e-6)
+    assert [e["step"] for e in s2.log_history] == [1]
+
+
+def test_lightning_callback_follows_a_new_module_and_trainer():
+    pytest.importorskip("lightning.pytorch")
+    from rankscope.torch.lightning import SpectralMonitorCallback
+
+    class Logger:
+        def __init__(self):
+            self.steps = []
+
+        def log_metrics(self, metrics, step):
+            self.steps.append((step, metrics["spectral/sv_max/0.weight"]))
+
+    cb = SpectralMonitorCallback(metrics=["sv_max"])
+    first, second = _mlp(0), _mlp(1)
+    for module in (first, second):
+        trainer = SimpleNamespace(global_step=0, loggers=[Logger()])
+        cb.setup(trainer, module, "fit")
+        cb.on_train_start(trainer, module)
+        trainer.global_step = 1
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+        cb.on_train_end(trainer, module)
+        want = _s(module[0].weight)[0]
+        assert cb.monitor.model is module
+        assert [st for st, _ in trainer.loggers[0].steps] == [1]
+        assert trainer.loggers[0].steps[0][1] == pytest.approx(want, rel=1e-6)

@@ -21,10 +21,11 @@ class SpectralMonitorCallback(TrainerCallback):
     """Measures the Trainer's model every `every` optimizer steps (``state.global_step``).
 
     The monitor is built when training begins (``self.monitor``, with every keyword argument of
-    :class:`SpectralMonitor`). Activation diagnostics need `probe` (the Trainer does not hand
-    batches to callbacks). With `log_history`, each measurement is appended to
-    ``state.log_history`` (saved in ``trainer_state.json``) as ``{"step": s, "{prefix}/{metric}/{layer}": v}``
-    once read back; for TensorBoard pass ``log=args.logging_dir``-style writers through the monitor
+    :class:`SpectralMonitor`; built again when a later training begins on another model).
+    Activation diagnostics need `probe` (the Trainer does not hand batches to callbacks). With
+    `log_history`, each measurement is appended to ``state.log_history`` (saved in
+    ``trainer_state.json``) as ``{"step": s, "{prefix}/{metric}/{layer}": v}`` once read back; for
+    TensorBoard pass ``log=args.logging_dir``-style writers through the monitor
     (``log=rankscope.torch.TensorBoardWriter(dir)``).
     """
 
@@ -37,9 +38,11 @@ class SpectralMonitorCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._state = state
-        if self.monitor is None:
-            if model is None:
-                raise ValueError("the Trainer passed no model to the callback")
+        if model is None and self.monitor is None:
+            raise ValueError("the Trainer passed no model to the callback")
+        # a new model (the callback reused by another Trainer, hyperparameter search's model_init): a
+        # new monitor; train() again on the same model keeps the history
+        if self.monitor is None or (model is not None and model is not self.monitor.model):
             self.monitor = monitor_with_writer(model, self.monitor_kwargs,
                                                self._to_history if self.log_history else None)
 

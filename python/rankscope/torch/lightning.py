@@ -24,11 +24,12 @@ class SpectralMonitorCallback(Callback):
     """Measures the LightningModule's spectra every `every` optimizer steps during ``trainer.fit``.
 
     The monitor is built on the module at setup (``self.monitor``, with every keyword argument of
-    :class:`SpectralMonitor`) and stepped after each optimizer step with the trainer's
-    ``global_step`` (batches that only accumulate gradients are not counted). Activation
-    diagnostics run on `probe` when given, else on the current training batch. With
-    `log_to_logger`, every value reaches the trainer's loggers as ``{prefix}/{metric}/{layer}`` at
-    its step, once read back (lazily on CUDA: a step never waits for it).
+    :class:`SpectralMonitor`; built again when a later fit is of another module) and stepped after
+    each optimizer step with the trainer's ``global_step`` (batches that only accumulate gradients
+    are not counted). Activation diagnostics run on `probe` when given, else on the current
+    training batch. With `log_to_logger`, every value reaches the trainer's loggers as
+    ``{prefix}/{metric}/{layer}`` at its step, once read back (lazily on CUDA: a step never waits
+    for it).
     """
 
     def __init__(self, *, log_to_logger: bool = True, prefix: str = "spectral", **monitor_kwargs: Any):
@@ -41,9 +42,11 @@ class SpectralMonitorCallback(Callback):
         self._seen: int | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit" or self.monitor is not None:
+        if stage != "fit":
             return
-        self._trainer = trainer
+        self._trainer = trainer  # its loggers: a later fit may be another Trainer's
+        if self.monitor is not None and self.monitor.model is pl_module:
+            return
         self.monitor = monitor_with_writer(pl_module, self.monitor_kwargs,
                                            self._to_loggers if self.log_to_logger else None)
 
