@@ -65,3 +65,18 @@ def test_float64_layer_whose_eigenvalues_overflow_is_a_failed_row(rng):
     assert ok["status"] == "success"
     for c in ("alpha", "xmin", "D", "log_norm", "stable_rank", "entropy", "sv_min"):
         assert ok[c] == alone[c], c
+
+
+@pytest.mark.parametrize("estimator", ["xmin_peak", "xmin_peak_intended"])
+def test_histogram_estimators_on_an_all_zero_layer_fail_that_layer_only(rng, estimator):
+    """TempBalance's histogram estimators take log10 λ; a zero layer has no λ > 1e-5 to keep, and the
+    scan raised "estimator 'xmin_peak' needs filter_zeros=True ..." and lost every layer. Now the zero
+    layer is a failed fit (alpha NaN, as the reference cannot fit it either); the others are fitted."""
+    B = rng.standard_normal((30, 20)).astype(np.float32)
+    layers = rs.scan({"zero": np.zeros((30, 20), np.float32), "ok": B}, progress=False,
+                     estimator=estimator).layers.set_index("name")
+    zero, ok = layers.loc["zero"], layers.loc["ok"]
+    assert zero["status"] == "failed" and np.isnan(zero["alpha"]) and "fit failed" in zero["warning"]
+    assert zero["matrix_rank"] == 0 and zero["log_norm"] == -np.inf
+    alone = rs.scan({"ok": B}, progress=False, estimator=estimator).layers.set_index("name").loc["ok"]
+    assert ok["status"] == "success" and ok["alpha"] == alone["alpha"] and ok["xmin"] == alone["xmin"]

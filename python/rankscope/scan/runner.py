@@ -477,7 +477,12 @@ def _fit(evals: np.ndarray, opts: ScanOptions) -> dict:
     if opts.estimator == "ww":
         return fits.fit_powerlaw(evals, fix_fingers=opts.fix_fingers or None, xmin_max=opts.xmin_max)
     # the histogram estimators take log10 λ: zeros are dropped (the reference's torch.histc fails on them)
-    r = fits.fit_tempbalance(evals, estimator=opts.estimator, filter_zeros=opts.estimator != "median")
+    hist = opts.estimator != "median"
+    if hist and not np.any(evals > fits.EVALS_THRESH) and not np.min(evals) > 0:
+        # nothing above 1e-5 to keep, and log10 0 among the rest: the reference cannot fit it either
+        r = {"alpha": math.nan, "D": math.nan, "xmin": math.nan, "num_pl_spikes": 0}
+    else:
+        r = fits.fit_tempbalance(evals, estimator=opts.estimator, filter_zeros=hist)
     ok = r.get("alpha") is not None and np.isfinite(r["alpha"])
     return {**r, "xmax": float(np.max(evals)) if len(evals) else np.nan, "status": "success" if ok else "failed",
             "warning": "" if ok else "the power-law fit failed"}
