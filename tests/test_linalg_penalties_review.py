@@ -4,6 +4,10 @@ formulas) that was found and fixed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from rankscope.torch import linalg as L
@@ -56,3 +60,62 @@ def test_torch_matrix_rank_negative_rtol_as_torch():
         A[:, 0, 0] = 1.0
         for kw in ({"rtol": -1.0}, {"rtol": -1e-3}, {"rtol": -1.0, "atol": -1.0}):
             torch.testing.assert_close(L.matrix_rank(A, **kw), L.ORIGINALS["matrix_rank"](A, **kw))
+
+
+# ---- rankscope.numpy.linalg on numpy 1.x ---------------------------------------------------------
+
+# numpy 1.x's numpy.linalg, simulated on this numpy: no svdvals or matrix_norm (numpy 2.0 added
+# them), and matrix_rank(A, tol=None, hermitian=False) without rtol (numpy 1.26's source).
+NUMPY1 = textwrap.dedent("""
+    import numpy as np
+    from numpy import asarray, count_nonzero, finfo
+    from numpy.linalg import svd
+
+    del np.linalg.svdvals, np.linalg.matrix_norm
+
+    def matrix_rank(A, tol=None, hermitian=False):
+        A = asarray(A)
+        if A.ndim < 2:
+            return int(not all(A == 0))
+        S = svd(A, compute_uv=False, hermitian=hermitian)
+        if tol is None:
+            tol = S.max(axis=-1, keepdims=True) * max(A.shape[-2:]) * finfo(S.dtype).eps
+        else:
+            tol = asarray(tol)[..., np.newaxis]
+        return count_nonzero(S > tol, axis=-1)
+
+    np.linalg.matrix_rank = matrix_rank
+""")
+
+
+def test_numpy_linalg_on_numpy_1():
+    """pyproject allows numpy>=1.23, but importing rankscope.numpy.linalg raised AttributeError
+    ('numpy.linalg' has no attribute 'svdvals') there, so rankscope.patch() failed too; and
+    matrix_rank's fallback passed rtol=None to a numpy matrix_rank without rtol (TypeError)."""
+    code = NUMPY1 + textwrap.dedent("""
+        import pytest
+        import rankscope
+        import rankscope.numpy.linalg as rl
+
+        assert set(rl.ORIGINALS) == {"svd", "matrix_rank", "norm", "cond"}
+        rng = np.random.default_rng(0)
+        A = rng.standard_normal((3, 5, 4)) @ np.diag([1, 1, 1, 0.0])
+        np.testing.assert_array_equal(rl.matrix_rank(A), [3, 3, 3])
+        assert rl.matrix_rank(np.eye(3, dtype=np.int64)) == 3  # numpy's (forwarded)
+        assert rl.matrix_rank(np.ones(3)) == 1
+        for f in (rl.matrix_rank, matrix_rank):  # numpy 1.x has no rtol: the same TypeError
+            with pytest.raises(TypeError, match="rtol"):
+                f(A, rtol=0.5)
+        # numpy 2.0's svdvals and matrix_norm, computed alike on numpy 1.x
+        np.testing.assert_allclose(rl.svdvals(A), np.linalg.svd(A, compute_uv=False), rtol=1e-12)
+        np.testing.assert_allclose(rl.svdvals([[3.0, 0], [0, 4]]), [4, 3])
+        np.testing.assert_allclose(rl.matrix_norm(A, ord="nuc"), np.linalg.norm(A, "nuc", (-2, -1)))
+        np.testing.assert_allclose(rl.matrix_norm(A), np.linalg.norm(A, axis=(-2, -1)))
+        before = {n: getattr(np.linalg, n) for n in ("svd", "matrix_rank", "norm", "cond")}
+        with rankscope.patch():
+            assert np.linalg.matrix_rank is rl.matrix_rank
+            assert not hasattr(np.linalg, "svdvals")
+            np.testing.assert_array_equal(np.linalg.matrix_rank(A), [3, 3, 3])
+        assert {n: getattr(np.linalg, n) for n in before} == before
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -29,13 +29,17 @@ inputs go to numpy, which raises TypeError for them as it always has.
 
 Each function keeps a reference to numpy's original (its ``__wrapped__``; all of them in
 ``ORIGINALS``), captured when this module is first imported, so assigning these to
-``numpy.linalg``'s attributes (see ``rankscope.patch``) forwards without recursion. Names this
+``numpy.linalg``'s attributes (see ``rankscope.patch``) forwards without recursion. numpy 1.x has no
+``svdvals`` or ``matrix_norm`` (and no ``rtol`` for ``matrix_rank``, which then raises numpy's
+TypeError for it): ``ORIGINALS`` and the patch leave them out, and this module's compute numpy 2.0's
+definitions (``svd(x, compute_uv=False)``, ``norm(x, ord, axis=(-2, -1), keepdims)``). Names this
 module does not define are looked up in ``numpy.linalg`` (``rankscope.numpy.linalg.inv`` is
 numpy's ``inv``, ``LinAlgError`` numpy's exception).
 """
 
 from __future__ import annotations
 
+import inspect
 from types import MappingProxyType
 
 import numpy as np
@@ -47,19 +51,45 @@ __all__ = ["ORIGINALS", "cond", "matrix_norm", "matrix_rank", "norm", "svd", "sv
 
 
 def _original(name: str):
-    """numpy.linalg's own function, even when this module's is installed there (by rankscope.patch)."""
-    f = getattr(np.linalg, name)
+    """numpy.linalg's own function, even when this module's is installed there (by rankscope.patch);
+    None where numpy has none (svdvals and matrix_norm are new in numpy 2.0)."""
+    f = getattr(np.linalg, name, None)
     if getattr(f, "__module__", None) == __name__:
         f = f.__wrapped__
     return f
 
 
-_np_svd = _original("svd")
-_np_svdvals = _original("svdvals")
-_np_matrix_rank = _original("matrix_rank")
-_np_norm = _original("norm")
-_np_matrix_norm = _original("matrix_norm")
-_np_cond = _original("cond")
+# numpy's own functions, by name: those this numpy has (numpy 1.x has no svdvals or matrix_norm)
+_NUMPYS = {name: f for name in ("svd", "svdvals", "matrix_rank", "norm", "matrix_norm", "cond")
+           if (f := _original(name)) is not None}
+_np_svd = _NUMPYS["svd"]
+_np_matrix_rank = _NUMPYS["matrix_rank"]
+_np_norm = _NUMPYS["norm"]
+_np_cond = _NUMPYS["cond"]
+# numpy 1.x: matrix_rank(A, tol=None, hermitian=False), without rtol
+_NP_RTOL = "rtol" in inspect.signature(_np_matrix_rank).parameters
+
+
+def _np_svdvals(x, /):
+    """numpy's svdvals; numpy 2.0's definition where numpy has none (numpy 1.x)."""
+    if "svdvals" in _NUMPYS:
+        return _NUMPYS["svdvals"](x)
+    return _np_svd(x, compute_uv=False, hermitian=False)
+
+
+def _np_matrix_norm(x, /, *, keepdims=False, ord="fro"):
+    """numpy's matrix_norm; numpy 2.0's definition where numpy has none (numpy 1.x)."""
+    if "matrix_norm" in _NUMPYS:
+        return _NUMPYS["matrix_norm"](x, keepdims=keepdims, ord=ord)
+    return _np_norm(np.asanyarray(x), axis=(-2, -1), keepdims=keepdims, ord=ord)
+
+
+def _np_rank(A, tol, hermitian, rtol):
+    """numpy's matrix_rank, passing rtol only when given (numpy 1.x then raises its own TypeError)."""
+    if rtol is None:
+        return _np_matrix_rank(A, tol, hermitian)
+    return _np_matrix_rank(A, tol, hermitian, rtol=rtol)
+
 
 # The engine call, a module global so that tests can see whether a call took the fast path.
 _engine = _core.svdvals
@@ -164,11 +194,11 @@ def matrix_rank(A, tol=None, hermitian=False, *, rtol=None):
     engine; the rest (vectors and scalars, hermitian=True, other dtypes, both tol and rtol given)
     is numpy's.
     """
-    if hermitian or type(A) is not _ndarray or (rtol is not None and tol is not None):
-        return _np_matrix_rank(A, tol, hermitian, rtol=rtol)
+    if hermitian or type(A) is not _ndarray or (rtol is not None and (tol is not None or not _NP_RTOL)):
+        return _np_rank(A, tol, hermitian, rtol)
     S = _values(A)
     if S is None:
-        return _np_matrix_rank(A, tol, hermitian, rtol=rtol)
+        return _np_rank(A, tol, hermitian, rtol)
     # numpy's own rule, on the same dtype of values
     if tol is None:
         if rtol is None:
@@ -282,9 +312,9 @@ def cond(x, p=None):
     return r
 
 
-#: numpy.linalg's own functions, by name (the functions this module replaces; also each one's ``__wrapped__``).
-ORIGINALS = MappingProxyType({"svd": _np_svd, "svdvals": _np_svdvals, "matrix_rank": _np_matrix_rank,
-                              "norm": _np_norm, "matrix_norm": _np_matrix_norm, "cond": _np_cond})
+#: numpy.linalg's own functions, by name (the functions this module replaces; also each one's
+#: ``__wrapped__``): those this numpy has, so numpy 1.x has no svdvals or matrix_norm here.
+ORIGINALS = MappingProxyType(_NUMPYS)
 for _name, _orig in ORIGINALS.items():
     globals()[_name].__wrapped__ = _orig
 del _name, _orig
