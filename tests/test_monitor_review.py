@@ -183,3 +183,16 @@ def test_lightning_callback_follows_a_new_module_and_trainer():
         assert cb.monitor.model is module
         assert [st for st, _ in trainer.loggers[0].steps] == [1]
         assert trainer.loggers[0].steps[0][1] == pytest.approx(want, rel=1e-6)
+
+
+def test_a_failed_measurement_does_not_count_as_one():
+    """A measurement that raised (no batch for the activations, caught by the loop) left the step
+    marked as measured: the next step() skipped the due measurement for `every` steps."""
+    net = _mlp()
+    mon = SpectralMonitor(net, every=3, activations=True, metrics=["sv_max", "rankme"])
+    with pytest.raises(ValueError, match="need a batch"):
+        mon.step()
+    assert mon.records == 0
+    assert mon.step(torch.randn(16, 64))  # step 2: the first measurement is still due
+    assert mon.records == 1 and sorted(set(mon.history["step"])) == [2]
+    assert [mon.step(torch.randn(16, 64)) for _ in range(3)] == [False, False, True]

@@ -346,10 +346,10 @@ class SpectralMonitor:
         """Measures now, whatever the step count (`step` labels the record, default the count)."""
         t0 = time.perf_counter()
         step = self.steps if step is None else int(step)
-        self._last = step
         acts = self._measure_activations(batch) if self.activations is not None else {}
         layers = self._layers() if self.weights and self.weight_metrics else []
         pending = self._queue(step, layers, acts)
+        self._last = step  # only once it is measured: a measurement that raised is still due
         pending.seconds = time.perf_counter() - t0
         self._pending.append(pending)
         self.records += 1
