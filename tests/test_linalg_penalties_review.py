@@ -8,8 +8,13 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+import rankscope.penalties as rp
+import rankscope.torch as rt
+import rankscope.torch.penalties as tp
 import torch
+import torch.nn.functional as F
 from rankscope.torch import linalg as L
 
 # ---- rankscope.torch.linalg ----------------------------------------------------------------------
@@ -119,3 +124,48 @@ def test_numpy_linalg_on_numpy_1():
         assert {n: getattr(np.linalg, n) for n in before} == before
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- the torch penalties -------------------------------------------------------------------------
+
+
+def _neg_bit(t: torch.Tensor) -> torch.Tensor:
+    """t's values as a real tensor with the negative bit set (x.conj().imag, public torch)."""
+    c = torch.complex(torch.zeros_like(t), -t).conj()
+    v = c.imag
+    assert v.is_neg() and torch.equal(v, t)
+    return v
+
+
+@pytest.mark.parametrize("force_torch_ops", [False, True])
+def test_torch_penalties_of_negative_bit_tensors(rng, monkeypatch, force_torch_ops):
+    """x.conj().imag is a real tensor with torch's negative bit: the core read its memory (−x) through
+    DLPack, so invariance_loss(x, y) gave mean((−x − y)²) and Barlow Twins the loss of −x."""
+    monkeypatch.setattr(tp, "_FORCE_TORCH_OPS", force_torch_ops)
+    x = torch.from_numpy(rng.standard_normal((2, 6, 4)) + 0.5)
+    y = x + 0.3 * torch.from_numpy(rng.standard_normal((2, 6, 4)))
+    fns = {
+        "vicreg": lambda a, b: torch.stack(list(rt.vicreg_loss(a, b, reduction="none"))),
+        "barlow": lambda a, b: rt.barlow_twins_loss(a, b, reduction="none"),
+        "invariance": lambda a, b: rt.invariance_loss(a, b, reduction="none"),
+    }
+    for name, f in fns.items():
+        a = x.clone().requires_grad_()
+        n = _neg_bit(a)
+        want = f(x.clone().requires_grad_(), y)
+        got = f(n, y)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14, msg=name)
+        (g,) = torch.autograd.grad(got.sum(), a)
+        xa = x.clone().requires_grad_()
+        (g_want,) = torch.autograd.grad(f(xa, y).sum(), xa)
+        torch.testing.assert_close(g, g_want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_host_penalties_of_negative_bit_tensors(rng):
+    """rankscope.penalties reads torch CPU tensors in place: a negative-bit tensor gave −x's values."""
+    x = torch.from_numpy(rng.standard_normal((5, 3)))
+    y = torch.from_numpy(rng.standard_normal((5, 3)))
+    n = _neg_bit(x)
+    np.testing.assert_allclose(rp.invariance_loss(n, y), float(F.mse_loss(x, y)), rtol=1e-12)
+    np.testing.assert_allclose(rp.barlow_twins_loss(n, y), rp.barlow_twins_loss(x, y), rtol=1e-12)
+    np.testing.assert_allclose(rp.vicreg_loss(y, n), rp.vicreg_loss(y, x), rtol=1e-12)

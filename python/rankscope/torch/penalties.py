@@ -112,7 +112,10 @@ def _tensor(z: Any, what: str, fn: str) -> torch.Tensor:
 
 
 def _working(z: torch.Tensor) -> torch.Tensor:
-    """float32/float64 as they are; float16/bfloat16 → float32 and integers → float64 (copies)."""
+    """float32/float64 as they are; float16/bfloat16 → float32 and integers → float64 (copies).
+    A tensor with the negative bit (x.conj().imag) is resolved first (a copy): the core reads memory
+    through DLPack, which holds −x."""
+    z = z.resolve_neg()
     if not z.is_floating_point():
         return z.to(_F64)
     if z.dtype in (torch.float16, torch.bfloat16):
