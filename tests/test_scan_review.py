@@ -16,6 +16,7 @@ import torch
 
 ww = pytest.importorskip("weightwatcher")
 logging.getLogger("weightwatcher").setLevel(logging.CRITICAL + 1)
+pytestmark = pytest.mark.filterwarnings("ignore:Passing a dict to DataFrame.from_records")  # WW's own
 
 
 def _ww_rows(model):
@@ -80,3 +81,17 @@ def test_histogram_estimators_on_an_all_zero_layer_fail_that_layer_only(rng, est
     assert zero["matrix_rank"] == 0 and zero["log_norm"] == -np.inf
     alone = rs.scan({"ok": B}, progress=False, estimator=estimator).layers.set_index("name").loc["ok"]
     assert ok["status"] == "success" and ok["alpha"] == alone["alpha"] and ok["xmin"] == alone["xmin"]
+
+
+def test_randomize_on_a_zero_layer_gives_nan_distances_without_numpy_warnings():
+    """A zero layer's shuffled ESD is zero too: rand_distance and ww_softrank are 0/0 = NaN, as in
+    WeightWatcher. They came with five bare numpy 'invalid value encountered in divide' warnings
+    that named no layer (the row already says the fit failed)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        row = rs.scan({"zero": np.zeros((30, 20), np.float32)}, progress=False, randomize=True,
+                      seed=0).layers.iloc[0]
+    assert np.isnan(row["rand_distance"]) and np.isnan(row["ww_softrank"]) and row["ww_maxdist"] == 0
+    assert row["status"] == "failed"

@@ -843,8 +843,9 @@ def random_esd_metrics(
     fit = mp_fit(pooled, N=N, M=M, rf=rf)
     out: dict[str, float | int] = {"max_rand_eval": float(np.max(pooled))}
     if ev.size:
-        out["rand_distance"] = _jensen_shannon(ev, single)
-        out["ww_softrank"] = float(np.max(single) / np.max(ev))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero ESD: 0/0 = NaN, as in WW
+            out["rand_distance"] = _jensen_shannon(ev, single)
+            out["ww_softrank"] = float(np.max(single) / np.max(ev))
         out["ww_maxdist"] = float(np.max(ev) - np.max(single))
     out.update(
         {
