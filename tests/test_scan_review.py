@@ -29,13 +29,23 @@ def _our_rows(model, **kw):
     return {row["tensor"].removesuffix(".weight"): row for _, row in rows.iterrows()}
 
 
-def test_conv2d_kernel_wider_than_channels_is_out_by_in_slices(rng):
+def test_conv2d_kernel_wider_than_channels_is_out_by_in_slices(rng, tmp_path):
     """A torch Conv2d weight is (out, in, kh, kw) whatever its sizes. Conv2d(4, 4, 7) has out + in <
     kh + kw; it was read as (kh, kw, in, out) — 16 slices of 7 × 7 instead of 49 of 4 × 4 — so every
-    column differed from WeightWatcher (which flips its own detection back for torch layers)."""
+    column differed from WeightWatcher (which flips its own detection back for torch layers); state dicts
+    and files, which carry no module type, were still read so."""
     torch.manual_seed(int(rng.integers(1 << 31)))
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 7), torch.nn.Conv2d(3, 6, 5))
     ours, theirs = _our_rows(model), _ww_rows(model)
+    # the same weights from a state dict and from a safetensors file (no module type): the same rows
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(tmp_path / "cnn.safetensors"))
+    for other in (_our_rows(sd), _our_rows(tmp_path / "cnn.safetensors")):
+        for name in ("0", "1"):
+            for c in ("N", "M", "rf", "num_evals", "alpha", "sv_max", "sv_min", "matrix_rank"):
+                assert other[name][c] == ours[name][c], (name, c)
     for name in ("0", "1"):
         o, t = ours[name], theirs[name]
         assert (o["N"], o["M"], o["rf"], o["num_evals"]) == (t["N"], t["M"], t["rf"], t["num_evals"]), name

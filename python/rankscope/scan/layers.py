@@ -123,26 +123,16 @@ def plan_tensor(info, *, conv: str = "slices", split_qkv: bool = False) -> list[
             for e in range(a0)
         ]
     if len(shape) == 4:
+        # (out, in, kh, kw), the layout of every format read (torch, safetensors, ONNX) whatever the
+        # sizes. WeightWatcher reads torch layers so too; its out + in < kh + kw test for Keras'
+        # (kh, kw, in, out) misread small-channel torch convs (the tutorial CNN's Conv2d(3, 6, 5))
         o, i, kh, kw = shape
-        # A torch module's weight is (out, in, kh, kw) whatever its sizes (WeightWatcher reads torch layers
-        # so: it flips its own channel detection back for them). Without a module, WeightWatcher's
-        # detection: (out, in, kh, kw) when out + in >= kh + kw, else (kh, kw, in, out).
-        first = bool(mtype) or o + i >= kh + kw
-        if not first:
-            kh, kw, i, o = shape
         if conv not in CONV_MODES:
             raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
         if conv == "flatten":
-            if first:
-                return [_matrix("conv2d", info, info.name, o, i * kh * kw,
-                                lambda a, s=(o, i * kh * kw): [a.reshape(s)])]
-            # (kh, kw, in, out): out × (in·kh·kw) after moving out first (one copy; rare layout)
             return [_matrix("conv2d", info, info.name, o, i * kh * kw,
-                            lambda a, s=(o, i * kh * kw): [a.transpose(3, 2, 0, 1).reshape(s)])]
-        if first:
-            cut = (lambda a, kh=kh, kw=kw: [a[:, :, p, q] for p in range(kh) for q in range(kw)])
-        else:
-            cut = (lambda a, kh=kh, kw=kw: [a[p, q].T for p in range(kh) for q in range(kw)])
+                            lambda a, s=(o, i * kh * kw): [a.reshape(s)])]
+        cut = (lambda a, kh=kh, kw=kw: [a[:, :, p, q] for p in range(kh) for q in range(kw)])
         return [_matrix("conv2d", info, info.name, o, i, cut, count=kh * kw, rf=kh * kw)]
     return [_skipped(info, f"{len(shape)}-D tensor (not a matrix, a Conv1d, a Conv2d or an expert stack)")]
 
