@@ -105,3 +105,26 @@ def test_randomize_on_a_zero_layer_gives_nan_distances_without_numpy_warnings():
                       seed=0).layers.iloc[0]
     assert np.isnan(row["rand_distance"]) and np.isnan(row["ww_softrank"]) and row["ww_maxdist"] == 0
     assert row["status"] == "failed"
+
+
+def test_a_layer_whose_row_cannot_be_built_is_an_error_row(rng, monkeypatch):
+    """An exception while one layer's row is built (a fit or metric that breaks on its spectrum)
+    aborted the whole scan; now that layer is an error row naming the exception, the others are the
+    rows of a scan without it."""
+    from rankscope.scan import fits
+
+    real = fits.fit_powerlaw
+
+    def breaks_on_five(evals, **kw):
+        if len(evals) == 5:
+            raise RuntimeError("fit exploded")
+        return real(evals, **kw)
+
+    sd = {"a": rng.standard_normal((9, 5)), "b": rng.standard_normal((12, 7))}
+    alone = rs.scan({"b": sd["b"]}, progress=False).layers.set_index("name").loc["b"]
+    monkeypatch.setattr(fits, "fit_powerlaw", breaks_on_five)
+    rows = rs.scan(sd, progress=False).layers.set_index("name")
+    assert rows.loc["a", "status"] == "error" and rows.loc["a", "warning"] == "RuntimeError: fit exploded"
+    assert rows.loc["b", "status"] == alone["status"]
+    for c in ("alpha", "sv_min", "stable_rank", "layer_id"):
+        assert rows.loc["b", c] == alone[c], c

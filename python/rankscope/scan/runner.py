@@ -439,7 +439,11 @@ def _run_window(window, opts: ScanOptions, device, rng, base_models, on_window, 
             msg = "not computed" if res is None else f"{type(res).__name__}: {res}"
             rows.append(_error_row(src, layer.tensor, msg, layer))
             continue
-        row, ev = _layer_row(src, layer, layer_ids[mi], *res, opts)
+        try:
+            row, ev = _layer_row(src, layer, layer_ids[mi], *res, opts)
+        except Exception as e:  # noqa: BLE001 - a fit or metric that breaks on one layer: its row says so
+            rows.append(_error_row(src, layer.tensor, f"{type(e).__name__}: {e}", layer))
+            continue
         layer_ids[mi] += 1
         rows.append(row)
         if opts.keep_evals and ev is not None:
