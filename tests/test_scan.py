@@ -560,6 +560,12 @@ def test_bad_arguments():
             rs.scan({"w": np.eye(3)}, progress=False, **kw)
     ok = rs.scan({"w": np.eye(3)}, progress=False, collapse_log10=np.float64(-6), xmin_max=np.float32(3))
     assert list(ok.layers["status"]) == ["success"]
+    # min_dim/max_dim: numpy integers as ints (they were refused), bools and negatives refused
+    sized = rs.scan({"w": np.eye(3), "v": np.eye(5)}, progress=False, min_dim=np.int64(4), max_dim=np.int32(8))
+    assert dict(zip(sized.layers["name"], sized.layers["status"])) == {"w": "skipped", "v": "success"}
+    for v in (True, -1, 2.0):
+        with pytest.raises(ValueError, match="min_dim"):
+            rs.scan({"w": np.eye(3)}, progress=False, min_dim=v)
     with pytest.raises(SystemExit):
         cli.main(["scan", "--example", "--top", "0"])
 

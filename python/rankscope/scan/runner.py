@@ -91,8 +91,11 @@ class ScanOptions:
             raise ValueError(f"xmin_max must be None or a positive finite number, got {self.xmin_max!r}")
         for name in ("min_dim", "max_dim"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, int) and v >= 0):
+            if v is not None and not (isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+                                      and v >= 0):
                 raise ValueError(f"{name} must be a non-negative int or None, got {v!r}")
+            if v is not None:
+                setattr(self, name, int(v))  # numpy integers (np.int64 from a config) as plain ints
 
 
 def _real(v: Any) -> bool:
