@@ -257,13 +257,14 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
     mask : bool array_like broadcastable to A, optional
         True where a key takes part (the convention of the boolean ``attn_mask`` of
         torch.nn.functional.scaled_dot_product_attention; a key-padding mask of
-        torch.nn.MultiheadAttention, True = padding, is the negation). Masked entries are ignored.
+        torch.nn.MultiheadAttention, True = padding, is the negation). Masked entries are ignored,
+        NaN there too (softmax gives a NaN row for a query whose keys are all masked).
         Rows with no unmasked key give NaN and are left out of the mean.
     normalized : bool
         Divide by ln(number of unmasked keys), so that 1 is uniform attention; rows with a single
         key give 0.
     eps : float, optional
-        Use −Σ A ln(A + eps) instead, as some papers do.
+        Use −Σ A ln(A + eps) instead, as some papers do (0 ln(0 + eps) = 0, for eps = 0 too).
     reduce : {"mean", "none"}
         "mean" (default): one number, the mean over batch, heads and queries; "none": shape (..., q).
     """
@@ -274,14 +275,14 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
     if a.ndim < 2:
         raise ValueError(f"A must have at least 2 dimensions (..., q, k), got shape {tuple(a.shape)}")
     xp = ops.xp
-    bad = _bad_matrices(a, ops, "A", check_finite)
-    a = _zeroed(a, bad, ops)
     if mask is None:
         n_keys = ops.full(a.shape[:-1], float(a.shape[-1]))
     else:
         keep = _bool_mask(mask, ops, tuple(a.shape))
-        a = xp.where(keep, a, ops.scalar(0.0))
+        a = xp.where(keep, a, ops.scalar(0.0))  # before the NaN check: softmax of a fully masked row is NaN
         n_keys = ops.count(keep, -1)
+    bad = _bad_matrices(a, ops, "A", check_finite)
+    a = _zeroed(a, bad, ops)
     if bool((a < 0).any()):
         raise ValueError("A has negative weights; pass attention probabilities (softmax output)")
     rows = n_keys > 0
@@ -293,11 +294,9 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
         where = index_tuple(i, tuple(off.shape))
         raise ValueError(f"A's rows must sum to 1 over their unmasked keys (to within {tol:g}); the row at "
                          f"index {where} sums to {float(ops.to_numpy(sums).reshape(-1)[i])!r}")
-    if eps is None:
-        pos = a > 0
-        terms = xp.where(pos, a * ops.log(xp.where(pos, a, ops.scalar(1.0))), ops.scalar(0.0))
-    else:
-        terms = a * ops.log(a + float(eps))
+    pos = a > 0  # 0 ln(0 + eps) = 0, for eps = 0 too
+    shift = 0.0 if eps is None else float(eps)
+    terms = xp.where(pos, a * ops.log(xp.where(pos, a, ops.scalar(1.0)) + shift), ops.scalar(0.0))
     h = -xp.sum(terms, axis=-1)
     if normalized:
         denom = ops.log(xp.where(n_keys > 1, n_keys, ops.scalar(2.0)))
