@@ -5,12 +5,16 @@ tests/test_neural_collapse.py for the transcriptions themselves).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import rankscope.collapse as rc
+import rankscope.neural_collapse as nc
 import torch
 from conftest import EPS64, to_framework
 from test_collapse import ref_entropy_rows, softmax
+from test_neural_collapse import ref_nc4
 
 
 def _np(x) -> np.ndarray:
@@ -64,3 +68,81 @@ def test_attention_entropy_ignores_nan_at_masked_keys(rng, framework):
     b[1, 0, 0] = np.nan
     with pytest.raises(ValueError, match=r"NaN or Inf.*batch index \(1,\)"):
         rc.attention_entropy(to_framework(b, framework), mask=m)
+
+
+# ---- NC4 ties ---------------------------------------------------------------------------------------
+
+# Integer features where sample 9 (class 0) is exactly equidistant from the means of classes 0
+# and 1 (‖h − μ₀‖² = ‖h − μ₁‖² = 3.8125, exactly representable): the nearest class centre is then
+# class 0, the lowest index, in the reference (argmin of the direct distances, Papyan's notebook).
+_TIE_H = [[1, 2], [0, 0], [1, 0], [-1, -3], [3, -2], [0, -2], [2, 1], [1, 3], [0, 3], [-1, 2], [-2, 2], [2, 2]]
+_TIE_W = [[-2, 1], [2, -2], [-1, -2]]
+_TIE_B = [1, -1, 0]
+
+
+def _ref_nc4_means(h, mu, y, W, b):
+    """ref_nc4 with given class means (argmin of the direct distances, first index on ties)."""
+    ncc = np.array([np.argmin([np.sum((x - m) ** 2) for m in mu]) for x in h])
+    return 1 - np.mean(ncc == np.argmax(h @ W.T + b, axis=1))
+
+
+def _stream_nc4(h, y, K, W, b, framework, sizes):
+    """(nc4, ref_nc4 on the stream's own class means): the streamed means come from shifted sums and
+    may differ from the one-shot's by an ulp, which moves exact ties; the rule must be the same."""
+    st = nc.NeuralCollapse(K, h.shape[1], passes=2, W=to_framework(W, framework), b=to_framework(b, framework))
+    for _ in range(2):
+        i = 0
+        for s in sizes:
+            yy = torch.from_numpy(y[i:i + s]) if framework == "torch" else y[i:i + s]
+            st.update(to_framework(h[i:i + s], framework), yy)
+            i += s
+        if st.current_pass == 1:
+            st.start_second_pass()
+    return float(st.compute()["nc4"]), _ref_nc4_means(h, _np(st.class_means()), y, W, b)
+
+
+def test_nc4_exact_ties_go_to_the_lowest_class(framework):
+    """An exact tie in the nearest-class-centre distances goes to the lowest class index (as the
+    docstring says and the references do). The expanded form ‖μ‖² − 2 h·μ around the mean of the
+    means rounds the two tied distances apart and picked class 1."""
+    h = np.array(_TIE_H, dtype=np.float64)
+    y = np.arange(12) % 3
+    W, b = np.array(_TIE_W, dtype=np.float64), np.array(_TIE_B, dtype=np.float64)
+    ref = ref_nc4(h, y, 3, W, b)
+    yy = torch.from_numpy(y) if framework == "torch" else y
+    got = nc.nc4(to_framework(h, framework), yy, to_framework(W, framework), to_framework(b, framework))
+    assert float(got) == ref
+    got_s, ref_s = _stream_nc4(h, y, 3, W, b, framework, (5, 7))
+    assert got_s == ref_s
+
+
+def test_nc4_matches_direct_distances_on_integer_features(rng, framework):
+    """Small integer features are full of exact distance ties: NC4 (one-shot and streaming) equals
+    the reference's direct ‖h − μ_c‖² argmin on each of many draws."""
+    for _ in range(60):
+        K, d, n = int(rng.integers(2, 5)), int(rng.integers(1, 4)), 12
+        h = rng.integers(-3, 4, (n, d)).astype(np.float64)
+        y = np.arange(n) % K
+        W = rng.integers(-2, 3, (K, d)).astype(np.float64)
+        b = rng.integers(-1, 2, K).astype(np.float64)
+        ref = ref_nc4(h, y, K, W, b)
+        yy = torch.from_numpy(y) if framework == "torch" else y
+        got = nc.nc4(to_framework(h, framework), yy, to_framework(W, framework), to_framework(b, framework))
+        assert float(got) == ref, (h.tolist(), W.tolist(), b.tolist())
+        got_s, ref_s = _stream_nc4(h, y, K, W, b, framework, (5, n - 5))
+        assert got_s == ref_s, (h.tolist(), W.tolist(), b.tolist())
+
+
+def test_nc4_near_ties_large_offset(rng, framework):
+    """A common offset of 1e6 on top of well separated classes: the candidate tolerance does not
+    change clear decisions (the reference on the same float64 data)."""
+    K, d, n = 4, 5, 80
+    mu = 3 * rng.standard_normal((K, d))
+    y = np.arange(n) % K
+    h = 1e6 + mu[y] + rng.standard_normal((n, d))
+    W = rng.standard_normal((K, d))
+    b = -W @ np.full(d, 1e6)
+    yy = torch.from_numpy(y) if framework == "torch" else y
+    got = nc.nc4(to_framework(h, framework), yy, to_framework(W, framework), to_framework(b, framework))
+    assert float(got) == pytest.approx(ref_nc4(h, y, K, W, b), abs=1e-15)
+    assert math.isfinite(float(got))

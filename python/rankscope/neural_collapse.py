@@ -402,29 +402,51 @@ def _check_tols(atol: Any, rtol: Any) -> None:
         raise ValueError("atol must be a number (default 1e-6)")
 
 
-def _ncc_centring(means: Any, ops: Ops) -> tuple[Any, Any, Any, Any]:
-    """(centre, scale, (means − centre) / scale, their squared norms): what `_agreements` needs of the
-    class means. The nearest mean does not change with translation (centring keeps the distances
-    accurate) or scale (dividing by max |means − centre| keeps the squares finite and normal)."""
+def _ncc_centring(means: Any, ops: Ops) -> tuple[Any, Any, Any, Any, Any]:
+    """(centre, scale, (means − centre) / scale, their squared norms, means): what `_agreements` needs
+    of the class means. The nearest mean does not change with translation (centring keeps the
+    distances accurate) or scale (dividing by max |means − centre| keeps the squares finite and
+    normal)."""
     xp = ops.xp
     centre = xp.mean(means, axis=0)
     mc, scale = _unit(means - centre, ops)
-    return centre, scale, mc, xp.sum(mc * mc, axis=1)
+    return centre, scale, mc, xp.sum(mc * mc, axis=1), means
 
 
-def _agreements(h: Any, centring: tuple[Any, Any, Any, Any], w: Any, b: Any, ops: Ops) -> Any:
+def _nearest_means(blk: Any, centring: tuple[Any, Any, Any, Any, Any], ops: Ops) -> Any:
+    """Index of the nearest class mean of each row of blk, ties to the lowest index as the direct
+    argmin_c ‖h − μ_c‖² of the references. The expanded ‖μ_c‖² − 2 h·μ_c (cheap, one product) is
+    off by at most (d + 4) · eps64 · (‖h‖ + ‖μ_c‖)² (on the centred, scaled values), which can break
+    exact ties the wrong way; the classes within twice that of the best are compared again by their
+    direct distances."""
+    xp = ops.xp
+    centre, scale, mc, msq, means = centring
+    x = (blk - centre) / scale
+    score = msq[None, :] - 2 * (x @ xp.swapaxes(mc, 0, 1))
+    reach = xp.sqrt(xp.sum(x * x, axis=1)) + xp.amax(xp.sqrt(msq))
+    tol = 2 * (x.shape[1] + 4) * float(np.finfo(np.float64).eps) * reach * reach
+    best = xp.amin(score, axis=1)
+    near = score <= (best + tol)[:, None]  # at least the best class of every row
+    rows, cls = near.nonzero(as_tuple=True) if ops.kind == "torch" else np.nonzero(near)
+    dist = ops.full(tuple(score.shape), math.inf)
+    for i in range(0, rows.shape[0], _ROW_BLOCK):
+        r, c = rows[i:i + _ROW_BLOCK], cls[i:i + _ROW_BLOCK]
+        diff = (blk[r] - means[c]) / scale
+        dist[r, c] = xp.sum(diff * diff, axis=1)
+    return ops.argmin(dist, 1)
+
+
+def _agreements(h: Any, centring: tuple[Any, Any, Any, Any, Any], w: Any, b: Any, ops: Ops) -> Any:
     """Number of rows whose nearest class mean is the classifier's argmax (float64, on the device);
     `centring`: _ncc_centring(class means)."""
     xp = ops.xp
-    centre, scale, mc, msq = centring
     total = ops.scalar(0.0)
     for i in range(0, h.shape[0], _ROW_BLOCK):
         blk = h[i:i + _ROW_BLOCK]
-        ncc = ops.argmin(msq[None, :] - 2 * (((blk - centre) / scale) @ xp.swapaxes(mc, 0, 1)), 1)
         logits = blk @ xp.swapaxes(w, 0, 1)
         if b is not None:
             logits = logits + b
-        total = total + ops.count(ncc == ops.argmax(logits, 1))
+        total = total + ops.count(_nearest_means(blk, centring, ops) == ops.argmax(logits, 1))
     return total
 
 
