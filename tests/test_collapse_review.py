@@ -146,3 +146,17 @@ def test_nc4_near_ties_large_offset(rng, framework):
     got = nc.nc4(to_framework(h, framework), yy, to_framework(W, framework), to_framework(b, framework))
     assert float(got) == pytest.approx(ref_nc4(h, y, K, W, b), abs=1e-15)
     assert math.isfinite(float(got))
+
+
+def test_classifier_as_nested_lists_sets_K(rng):
+    """W as nested lists gives K = its rows, as an array W does: a class without samples is named
+    (it said "W must have shape (2, 4)", K taken from the labels because a list has no .shape)."""
+    h = rng.standard_normal((12, 4))
+    y = np.arange(12) % 2
+    W = rng.standard_normal((3, 4))
+    for fn in (lambda w: nc.nc4(h, y, w), lambda w: nc.nc3(h, y, w)):
+        for w in (W, W.tolist()):
+            with pytest.raises(ValueError, match="class 2 has no samples"):
+                fn(w)
+    y3 = np.arange(12) % 3
+    assert float(nc.nc4(h, y3, W.tolist())) == float(nc.nc4(h, y3, W))

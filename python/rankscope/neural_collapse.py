@@ -226,7 +226,11 @@ def _moments(H: Any, labels: Any, num_classes: Any, weighted: bool, W: Any = Non
     h, ops, dtype = _features(H)
     K = _num_classes(num_classes)
     if W is not None:
-        w_rows = int(W.shape[0]) if hasattr(W, "shape") and len(W.shape) == 2 else None
+        try:  # nested lists too (a ragged one is reported by _matrix)
+            w_shape = tuple(W.shape) if hasattr(W, "shape") else np.shape(W)
+        except ValueError:
+            w_shape = ()
+        w_rows = int(w_shape[0]) if len(w_shape) == 2 else None
         if K is not None and w_rows is not None and w_rows != K:
             raise ValueError(f"W has {w_rows} rows but num_classes={K}")
         K = K if K is not None else w_rows
