@@ -13,18 +13,24 @@ watches both with ``rankscope.torch.SpectralMonitor(every=10)``:
   and of the penultimate features (fc4's ReLU output).
 
 Weight decay shrinks every direction the loss does not defend by (1 − lr·wd) per step. In 400 steps
-(seed 0) the excessive run loses 198 of conv3's 576 singular values and 50 of fc4's 128 (the normal
-run none), their smallest singular values fall to 1e-12 and 1e-9 (normal: 4e-4, 0.16), alpha falls
-to 1.2 in every convolution and fc4 (normal 1.65-2.0), RankMe to 6 and 15 (normal 22 and 30), and
-the last convolution's NC1 rises to ~3 (normal 0.4). The test accuracy barely shows it (0.955
-against 0.937, averaged over the last 100 steps): the spectra see the collapse that the accuracy
-hides. Of the monitor's events, ``rank_loss_rise`` fires in the excessive run only (from step 151),
-and so does ``rankme_drop`` (step 41; it compares with the first measurement, at initialisation, and
-both runs dip early: the normal run's dip stays just above half; ``warmup=`` moves the reference
-later); ``alpha_out_of_range`` fires in
-both (this small CNN's healthy layers sit at alpha 1.65-2.0 with the median estimator, just below
-WeightWatcher's 2-6 band). At weight decay 5e-2, or without the warm-up, the over-regularised net
-can die outright instead (accuracy 0.1, RankMe 1).
+(seed 0, on the 2-core Intel Xeon of the README's benchmarks) the excessive run loses 198 of conv3's
+576 singular values and 50 of fc4's 128 (the normal run none), their smallest singular values fall
+to 1e-12 and 1e-9 (normal: 4e-4, 0.16), alpha falls to 1.2 in every convolution and fc4 (normal
+1.65-2.0), RankMe to 6 and 15 (normal 22 and 30), and the last convolution's NC1 rises to ~3 (normal
+0.4). The test accuracy barely shows it (0.955 against 0.937, averaged over the last 100 steps): the
+spectra see the collapse that the accuracy hides. Of the monitor's events, ``rank_loss_rise`` fires
+in the excessive run only (from step 151), and so does ``rankme_drop`` (step 41; it compares with
+the first measurement, at initialisation, and both runs dip early: the normal run's dip stays just
+above half; ``warmup=`` moves the reference later); ``alpha_out_of_range`` fires in both (this small
+CNN's healthy layers sit at alpha 1.65-2.0 with the median estimator, just below WeightWatcher's 2-6
+band). At weight decay 5e-2, or without the warm-up, the over-regularised net can die outright
+instead (accuracy 0.1, RankMe 1).
+
+Training repeats exactly on one CPU but not across CPU models: the runs part after 100-200 steps.
+On an AMD EPYC the excessive run loses 189 of conv3's 576 and 48 of fc4's 128, conv3's smallest
+singular value falls to 1e-11 (normal 1e-4), alpha to 1.2, RankMe to 6.5 and 15 (normal 20 and
+29), and the accuracies are 0.921 against 0.992: the same collapse, a larger accuracy gap. The
+events fire as described.
 
 The monitor's overhead here: ~30 ms per measurement, of which the weights take ~5 ms and the probe's
 forward pass and statistics the rest; every 10 steps that is ~3 ms per 10 ms training step. On a

@@ -10,9 +10,10 @@ one CPU thread, about 5 s per run) at increasing weight decay and shows, with ra
 - neural collapse of the penultimate features on the training set
   (``rankscope.neural_collapse.NeuralCollapse``, two passes, with the classifier for NC3/NC4), and
   the class-mean ranks and NC1 through the depth (``deep_neural_collapse``, before and after each
-  ReLU). Moderate weight decay (1e-3 to 1e-2) strengthens neural collapse (NC1 halves, NC3 falls
-  6×); 5e-2 no longer fits the training set and the collapse comes undone, while the weights
-  keep losing rank.
+  ReLU). Moderate weight decay strengthens neural collapse: at 1e-3 NC1 halves and NC3 falls 3×;
+  at 1e-2 NC3 falls 6× while NC1 already rises again (5× its value without decay); 5e-2 no longer
+  fits the training set (train accuracy 0.97) and the collapse comes undone (NC1 30×), while the
+  weights keep losing rank (188 of fc2's 256 singular values).
 
 The loss is the squared error on one-hot targets by default (Han, Papyan & Donoho 2022, "Neural
 collapse under MSE loss"): on a problem this small it reaches the terminal phase within the
@@ -21,7 +22,9 @@ after 300 epochs. The weight-spectrum collapse looks the same with either loss.
 
 Run:  python examples/weight_decay_collapse.py [--out FILE.png] [--epochs 300] [--loss mse|ce]
 It prints a table and writes one PNG figure (default: weight_decay_collapse.png next to this file),
-in about 20 s.
+in about 20 s. The numbers above are seed 0 on a 2-core Intel Xeon (the README's benchmark machine);
+training repeats exactly on one CPU but not across CPU models (an AMD EPYC loses 189 of fc2's 256,
+and 1 at weight decay 1e-3), the same picture otherwise.
 """
 
 from __future__ import annotations
