@@ -27,12 +27,15 @@ imported only by ``scan(..., ray=...)``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 import types
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .report import Resume, ScanReport, layer_frame
@@ -66,12 +69,12 @@ def task_resources(device: str, *, num_cpus: float | None, num_gpus: float | Non
     ``CUDA_VISIBLE_DEVICES``, so a task scans on "cuda" (its first visible device), not "cuda:N".
     """
     cpus = 1.0 if num_cpus is None else num_cpus
-    if not (isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus > 0):
+    if not (_finite(cpus) and cpus > 0):
         raise ValueError(f"num_cpus must be a positive number, got {num_cpus!r}")
     wants_cuda = isinstance(device, str) and (device == "cuda" or device.startswith("cuda:"))
     if num_gpus is None:
         gpus = 1.0 if wants_cuda or (device in (None, "auto") and cluster_gpus > 0) else 0.0
-    elif isinstance(num_gpus, (int, float)) and not isinstance(num_gpus, bool) and num_gpus >= 0:
+    elif _finite(num_gpus) and num_gpus >= 0:
         gpus = float(num_gpus)
     else:
         raise ValueError(f"num_gpus must be a non-negative number, got {num_gpus!r}")
@@ -82,6 +85,11 @@ def task_resources(device: str, *, num_cpus: float | None, num_gpus: float | Non
         raise ValueError(f"device={device!r} needs num_gpus > 0 on Ray (a task sees only the GPUs Ray gives it)")
     task_device = "cuda" if wants_cuda else device
     return {"num_cpus": float(cpus), "num_gpus": gpus, "device": task_device}
+
+
+def _finite(x: Any) -> bool:
+    """A finite real number, numpy's included (a config's np.int64), bools not."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
 
 
 # ---- what runs on the cluster ------------------------------------------------------------------
@@ -163,8 +171,11 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
     the report's options dict."""
     address = check_address(ray)
     retries = DEFAULT_MAX_RETRIES if max_retries is None else max_retries
-    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+    if not (isinstance(retries, numbers.Integral) and not isinstance(retries, (bool, np.bool_)) and retries >= 0):
         raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
+    retries = int(retries)
+    # the arguments fail here, before a local instance starts or an address is waited on
+    task_resources(opts.device, num_cpus=num_cpus, num_gpus=num_gpus, cluster_gpus=math.inf)
     items, many, base_path = _paths(source, base)
     ray_mod = _ray()
     from tqdm.auto import tqdm

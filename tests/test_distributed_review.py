@@ -1,0 +1,65 @@
+"""Review of the Ray scan (rankscope.scan(..., ray=...)) as a user running zoo scans on a cluster:
+arguments checked before connecting, tasks no node can run, unreachable addresses.
+
+Reuses the module-scoped local Ray instance (2 CPUs) and helpers of test_distributed. Cases that
+used to hang run in a subprocess whose timeout only guards the test run (it asserts no timing).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rankscope as rs
+from rankscope.scan import distributed
+from rankscope.scan.examples import example_model
+from safetensors.numpy import save_file
+from test_distributed import assert_same_report, ray_local  # noqa: F401 (ray_local: its fixture, used by name)
+
+#: seconds a subprocess may take before the test counts it as hung (a guard, not a measurement)
+HANG = 120
+
+
+@pytest.fixture
+def model(tmp_path) -> str:
+    path = str(tmp_path / "m.safetensors")
+    save_file(example_model(seed=1), path)
+    return path
+
+
+def _run(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=HANG,
+                          check=False)
+
+
+def test_resource_arguments_are_checked_before_connecting(model, monkeypatch):
+    """A bad num_cpus/num_gpus started a local Ray instance (or waited on the cluster's address)
+    before being refused; num_cpus=inf gave a bare OverflowError."""
+    def connect(*a, **k):
+        raise AssertionError("connected to Ray before checking the arguments")
+
+    monkeypatch.setattr(distributed, "_connect", connect)
+    for bad in ("2", 0, -1, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="num_cpus must be a positive number"):
+            rs.scan(model, ray=True, num_cpus=bad)
+    for bad in ("1", -1, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="num_gpus must be a non-negative number"):
+            rs.scan(model, ray="10.0.0.1:6379", num_gpus=bad)
+    with pytest.raises(ValueError, match="needs num_gpus > 0"):
+        rs.scan(model, ray=True, device="cuda", num_gpus=0)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_numpy_numbers_are_accepted(model):
+    """num_cpus, num_gpus and max_retries from a config (np.int64, np.float32) were refused with
+    'must be a non-negative int, got 1', as min_dim was before (5c491e1)."""
+    want = rs.scan(model, progress=False)
+    got = rs.scan(model, ray=True, progress=False, num_cpus=np.int64(1), num_gpus=np.float32(0),
+                  max_retries=np.int64(1))
+    assert_same_report(got, want)
+    with pytest.raises(ValueError, match="max_retries must be a non-negative int"):
+        rs.scan(model, ray=True, max_retries=np.float64(1.5))
+    with pytest.raises(ValueError, match="max_retries must be a non-negative int"):
+        rs.scan(model, ray=True, max_retries=np.bool_(True))
