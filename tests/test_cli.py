@@ -192,3 +192,17 @@ def test_summary_shows_no_alpha_for_a_failed_fit(tmp_path, capsys):
     (row,) = [line.split() for line in capsys.readouterr().out.splitlines() if "z.weight" in line]
     assert row == ["m", "z.weight", "8x8", "0", "8", "-", "-", "-", "RANK", "COLLAPSE"]
     assert rs.scan(model, progress=False).layers["alpha"].iloc[0] == -1
+
+
+def test_output_into_a_closed_pipe_is_quiet():
+    """`rankscope scan ... --json | head`: the reader closes the pipe; the command ends quietly with 0
+    instead of a BrokenPipeError traceback (twice: the write, then Python's flush at exit)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "rankscope.cli", "scan", "--example", "--json", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the child writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

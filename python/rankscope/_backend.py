@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import glob
 import os
 from types import ModuleType
@@ -62,8 +63,9 @@ def cuda_error() -> str:
     """Why the CUDA backend cannot be used here ("" when it can)."""
     mod = cuda_module()
     if mod is None:
-        if "No module named" in (_CUDA_ERROR or ""):
-            return "this rankscope install was built without the CUDA backend"
+        if importlib.util.find_spec(f"{__package__}._cuda") is None:  # no such extension module was built
+            return ("this rankscope install was built without the CUDA backend (`rankscope info` shows the build; "
+                    "reinstall with RANKSCOPE_CUDA=ON where the CUDA toolkit or NVIDIA's CUDA wheels are)")
         return f"the CUDA backend failed to load: {_CUDA_ERROR}"
     if mod.device_count() == 0:
         return f"no usable CUDA device ({mod.no_device_reason()})"
