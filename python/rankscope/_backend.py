@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import glob
+import importlib.util
 import os
 from types import ModuleType
 
