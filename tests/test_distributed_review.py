@@ -63,3 +63,41 @@ def test_numpy_numbers_are_accepted(model):
         rs.scan(model, ray=True, max_retries=np.float64(1.5))
     with pytest.raises(ValueError, match="max_retries must be a non-negative int"):
         rs.scan(model, ray=True, max_retries=np.bool_(True))
+
+
+_ON_CLUSTER = """
+import sys
+import ray
+import rankscope as rs
+ray.init(address=sys.argv[2], logging_level="ERROR", log_to_driver=False)
+try:
+    rs.scan(sys.argv[1], ray=True, progress=False, num_cpus=float(sys.argv[3]))
+except ValueError as e:
+    print("ValueError:", e)
+else:
+    print("scanned")
+"""
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_more_cpus_per_task_than_any_node_fails_at_once(model):
+    """num_cpus=3 on a cluster whose nodes have 2 CPUs: every task stayed pending for ever (Ray
+    never schedules an infeasible task), as device='cuda' without GPUs would, which fails at once."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    r = _run(_ON_CLUSTER, model, address, "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ValueError: num_cpus=3 asks each Ray task for more CPUs than any node of the Ray cluster has (2)" \
+        in r.stdout, r.stdout
+    assert "scanned" in _run(_ON_CLUSTER, model, address, "2").stdout  # a whole node is fine
+
+
+def test_check_fits():
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 4.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # a dead node runs nothing
+    distributed.check_fits({"num_cpus": 8.0, "num_gpus": 0.5}, nodes)
+    with pytest.raises(ValueError, match=r"num_gpus=2 asks each Ray task for more GPUs than any node .* \(1\)"):
+        distributed.check_fits({"num_cpus": 1.0, "num_gpus": 2.0}, nodes)
+    with pytest.raises(ValueError, match=r"num_cpus=16 .* \(8\)"):
+        distributed.check_fits({"num_cpus": 16.0, "num_gpus": 0.0}, nodes)

@@ -87,6 +87,17 @@ def task_resources(device: str, *, num_cpus: float | None, num_gpus: float | Non
     return {"num_cpus": float(cpus), "num_gpus": gpus, "device": task_device}
 
 
+def check_fits(res: dict, nodes: list[dict]) -> None:
+    """Raises when no node has the CPUs or GPUs one task asks for (`nodes`: ``ray.nodes()``): Ray
+    would keep every such task pending for ever."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    for arg, key in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        most = max((r.get(key, 0.0) for r in alive), default=0.0)
+        if res[arg] > most:
+            raise ValueError(f"{arg}={res[arg]:g} asks each Ray task for more {key}s than any node of the Ray "
+                             f"cluster has ({most:g}): no task could ever start; pass {arg} <= {most:g}")
+
+
 def _finite(x: Any) -> bool:
     """A finite real number, numpy's included (a config's np.int64), bools not."""
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
@@ -189,6 +200,7 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
     try:
         res = task_resources(opts.device, num_cpus=num_cpus, num_gpus=num_gpus,
                              cluster_gpus=float(ray_mod.cluster_resources().get("GPU", 0)))
+        check_fits(res, ray_mod.nodes())
         task_opts = ScanOptions(**{**vars(opts), "device": res["device"]})
         threads = max(1, int(res["num_cpus"]))
         # looked up per run, not bound at import: the tests replace _scan_model to fail on purpose
