@@ -7,6 +7,8 @@ used to hang run in a subprocess whose timeout only guards the test run (it asse
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -29,9 +31,9 @@ def model(tmp_path) -> str:
     return path
 
 
-def _run(code: str, *args: str) -> subprocess.CompletedProcess:
+def _run(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=HANG,
-                          check=False)
+                          check=False, env=env)
 
 
 def test_resource_arguments_are_checked_before_connecting(model, monkeypatch):
@@ -101,3 +103,29 @@ def test_check_fits():
         distributed.check_fits({"num_cpus": 1.0, "num_gpus": 2.0}, nodes)
     with pytest.raises(ValueError, match=r"num_cpus=16 .* \(8\)"):
         distributed.check_fits({"num_cpus": 16.0, "num_gpus": 0.0}, nodes)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_unreachable_address_fails_at_once(model):
+    """ray='host:port' where nothing listens: Ray retried for more than five minutes (an unknown
+    host: over a minute) before failing; now one ConnectionError naming the address. The same for
+    ray=True with RAY_ADDRESS set; a live address still scans."""
+    import ray
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import sys, rankscope\n"
+            "try:\n    r = rankscope.scan(sys.argv[1], ray=sys.argv[2] or True, progress=False)\n"
+            "except ConnectionError as e:\n    print('ConnectionError:', e)\n"
+            "else:\n    print('scanned', len(r.scanned))\n")
+    for address in (f"127.0.0.1:{port}", "no-such-host.invalid:6379"):
+        r = _run(code, model, address)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"ConnectionError: ray={address!r}: cannot connect to the Ray cluster: nothing answers at" \
+            in r.stdout, (r.stdout, r.stderr[-2000:])
+    r = _run(code, model, "", env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert f"ConnectionError: RAY_ADDRESS='127.0.0.1:{port}': cannot connect" in r.stdout, (r.stdout, r.stderr[-2000:])
+    live = ray.get_runtime_context().gcs_address
+    r = _run(code, model, live)
+    assert f"scanned {len(rs.scan(model, progress=False).scanned)}" in r.stdout, (r.stdout, r.stderr[-2000:])

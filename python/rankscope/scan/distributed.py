@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import socket
 import time
 import types
 from collections.abc import Mapping
@@ -272,8 +273,25 @@ def _connect(ray_mod, address: str | None) -> bool:
                              "scan on that connection, or call ray.shutdown() first")
         return False
     kwargs = {"include_dashboard": False} if address in (None, "local") else {}
+    if address is not None:
+        _probe(address, "ray")
+    else:  # Ray's default connects to RAY_ADDRESS when it is set
+        _probe(os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
     try:
         ray_mod.init(address=address, **kwargs)
     except ConnectionError as e:
         raise ConnectionError(f"ray={address!r}: cannot connect to the Ray cluster: {e}") from e
     return True
+
+
+def _probe(address: str | None, what: str) -> None:
+    """A cluster address "host:port" where nothing answers fails in seconds (Ray itself retries for
+    minutes); "auto", "local", "ray://..." and malformed addresses are left to Ray."""
+    host, sep, port = (address or "").strip().rpartition(":")
+    if not sep or "://" in host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise ConnectionError(f"{what}={address!r}: cannot connect to the Ray cluster: nothing answers at "
+                              f"{host}:{port} ({e}); is `ray start --head` running there?") from None
