@@ -201,7 +201,6 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
     try:
         res = task_resources(opts.device, num_cpus=num_cpus, num_gpus=num_gpus,
                              cluster_gpus=float(ray_mod.cluster_resources().get("GPU", 0)))
-        check_fits(res, ray_mod.nodes())
         task_opts = ScanOptions(**{**vars(opts), "device": res["device"]})
         threads = max(1, int(res["num_cpus"]))
         # looked up per run, not bound at import: the tests replace _scan_model to fail on purpose
@@ -212,6 +211,7 @@ def scan_on_ray(source: Any, ray: Any, *, opts: ScanOptions, options: dict, base
             entries = ray_mod.get(list_task.remote(items, many, name, base_path))
         except ray_mod.exceptions.RayTaskError as e:
             raise _unwrap(e) from None
+        check_fits(res, ray_mod.nodes())  # after the listing: an autoscaling cluster has a node by now
 
         evals: dict = {}
         for i, entry in enumerate(entries):
