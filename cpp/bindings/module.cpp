@@ -11,6 +11,7 @@
 
 #include "bindings/common.h"
 #include "bindings/dlpack.h"
+#include "bindings/released_gil.h"
 #include "core/gather.h"
 #include "core/shuffle.h"
 #include "core/thread_pool.h"
@@ -97,7 +98,7 @@ py::array_t<int8_t> svdvals_batch(py::handle x, py::handle out, const std::strin
   py::array_t<int8_t> status(batch);
   int8_t* st = status.mutable_data();
   {
-    py::gil_scoped_release nogil;
+    bindings::ReleasedGil nogil;
     svdvals(in, outs, meth, st);
   }
   return status;
@@ -132,7 +133,7 @@ py::array_t<int8_t> svdvals_list(const py::sequence& xs, const py::sequence& out
   py::array_t<int8_t> status(static_cast<py::ssize_t>(count));
   int8_t* st = status.mutable_data();
   {
-    py::gil_scoped_release nogil;
+    bindings::ReleasedGil nogil;
     svdvals(in, outs, meth, st);
   }
   return status;
@@ -214,7 +215,7 @@ void spectrum_metrics(py::handle s, py::array_t<double, py::array::c_style> tol,
            "out must be (", B, ", ", int(metrics::kNumColumns), ")");
   const double* tp = tol.data();
   double* op = out.mutable_data();
-  py::gil_scoped_release nogil;
+  bindings::ReleasedGil nogil;
   run_metrics(specs, tp, op, p, sort);
 }
 
@@ -235,7 +236,7 @@ void gather(py::handle x, int64_t b0, int64_t b1, bool transposed, py::handle ou
                           (b1 - b0 == 1 || ov.strides[0] == rows * cols))),
            InvalidArgument, "out must be a C-contiguous ", dtype_name(xv.dtype), " array of shape (", b1 - b0, ", ",
            rows, ", ", cols, ")");
-  py::gil_scoped_release nogil;
+  bindings::ReleasedGil nogil;
   gather_matrices(xv, b0, b1, transposed, ov.data);
 }
 
@@ -364,7 +365,7 @@ py::array_t<int8_t> invariance_batch(py::handle z1, py::handle z2, py::handle ou
   for (int64_t b = 0; b < br.B; ++b) tasks[b] = {br.mats[0][b], br.mats[1][b], o + b, nullptr, nullptr, nullptr, nullptr};
   py::array_t<int8_t> status(br.B);
   int8_t* st = status.mutable_data();
-  py::gil_scoped_release nogil;
+  bindings::ReleasedGil nogil;
   penalties::invariance(tasks, st);
   return status;
 }
@@ -404,7 +405,7 @@ py::array_t<int8_t> vicreg_forward_batch(const py::sequence& zs, double gamma, d
     }
   py::array_t<int8_t> status({B, R});
   int8_t* st = status.mutable_data();
-  py::gil_scoped_release nogil;
+  bindings::ReleasedGil nogil;
   penalties::vicreg_forward(tasks, gamma, eps, st);
   return status;
 }
@@ -443,7 +444,7 @@ void vicreg_backward_batch(const py::sequence& zs, double gamma, double eps, py:
       t.a_inv = R == 2 ? cp[3 * i + 2] : 0.0;
       t.grad = gm[r][b];
     }
-  py::gil_scoped_release nogil;
+  bindings::ReleasedGil nogil;
   penalties::vicreg_backward(tasks, gamma, eps);
 }
 
@@ -472,7 +473,7 @@ py::array_t<int8_t> barlow_forward_batch(py::handle z1, py::handle z2, double ep
                 mo.data ? static_cast<char*>(mo.data) + msize * b : nullptr};
   py::array_t<int8_t> status(B);
   int8_t* st = status.mutable_data();
-  py::gil_scoped_release nogil;
+  bindings::ReleasedGil nogil;
   penalties::barlow_forward(tasks, eps, st);
   return status;
 }
@@ -498,7 +499,7 @@ void barlow_backward_batch(py::handle z1, py::handle z2, double eps, py::handle 
   for (int64_t b = 0; b < B; ++b)
     tasks[b] = {br.mats[0][b], br.mats[1][b], sp + 4 * d * b, dp + d * b, mp + msize * b,
                 cp[2 * b],     cp[2 * b + 1], o1[b],          o2[b]};
-  py::gil_scoped_release nogil;
+  bindings::ReleasedGil nogil;
   penalties::barlow_backward(tasks, eps);
 }
 
@@ -515,7 +516,7 @@ static py::array shuffled(const py::array& a, uint64_t seed) {
   void* dst = out.mutable_data();
   const int64_t n = static_cast<int64_t>(a.size());
   {
-    py::gil_scoped_release nogil;
+    bindings::ReleasedGil nogil;
     shuffled_copy(src, dst, n, size, seed);
   }
   return out;
