@@ -65,19 +65,26 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationStats",
     "CudaError",
+    "LinAlgError",
     "NeuralCollapse",
     "attention_entropy",
     "barlow_twins_loss",
-    "covariance_loss",
-    "invariance_loss",
-    "variance_loss",
-    "vicreg_loss",
+    "build_info",
     "cdnv",
     "class_mean_rank",
+    "condition_number",
+    "covariance_loss",
     "deep_neural_collapse",
     "dimensional_collapse_spectrum",
+    "effective_rank",
+    "energy_rank",
     "feature_std",
+    "get_num_threads",
+    "invariance_loss",
+    "log10_sv_min",
+    "matrix_rank",
     "mean_pairwise_cosine",
+    "metrics",
     "nc1",
     "nc1_quotient",
     "nc2_equiangularity",
@@ -85,17 +92,6 @@ __all__ = [
     "nc2_etf_error",
     "nc3",
     "nc4",
-    "std_of_l2_normalized",
-    "token_rank_collapse",
-    "LinAlgError",
-    "build_info",
-    "condition_number",
-    "effective_rank",
-    "energy_rank",
-    "get_num_threads",
-    "log10_sv_min",
-    "matrix_rank",
-    "metrics",
     "nuclear_ratio",
     "participation_ratio",
     "patch",
@@ -104,9 +100,13 @@ __all__ = [
     "set_num_threads",
     "spectrum_report",
     "stable_rank",
+    "std_of_l2_normalized",
     "sv_max",
     "sv_min",
     "svdvals",
+    "token_rank_collapse",
+    "variance_loss",
+    "vicreg_loss",
     "weak_rank_loss",
 ]
 
@@ -132,7 +132,8 @@ def set_num_threads(n: int) -> None:
     may run on, or the RANKSCOPE_NUM_THREADS environment variable)."""
     if not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
-    _core.set_num_threads(min(n, 2**31 - 1))  # the core names its limit (far below 2³¹)
+    n = max(min(n, 2**31 - 1), 0)  # into C int range: the core names its limit (far below 2³¹); <= 0 is the default
+    _core.set_num_threads(n)
     from ._backend import cuda_module
 
     cuda = cuda_module()

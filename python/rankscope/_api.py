@@ -85,6 +85,8 @@ def _run(x: Any, method: str, dtype: str | None, check_finite: bool, host: bool,
     dt = dtype or ("float64" if p.dtype == "float64" else "float32")
     shape = (*batch, min(m, n))
     out = np.empty(shape, dtype=dt) if host and not p.on_cuda else empty(p, shape, dt)
+    if min(m, n) == 0:  # no values: nothing to compute (the core would still visit every matrix)
+        return out, p
     if p.on_cuda:
         status = cuda_module().svdvals(p.data, out, method, p.stream(), check_finite or p.kind == "jax")
     elif device is not None:
@@ -274,11 +276,14 @@ def _participation_ratio(x: Any, center: bool, check_finite: bool, what: str):
         return _participation_ratio_jax(p.data, center, check_finite, what)
     if p.on_cuda:
         return _participation_ratio_device(p, center, check_finite, what)
+    if p.dlpack_shape is not None and p.kind != "jax":
+        raise TypeError(f"{what}: {p.dtype} data that only DLPack can read ({type(p.data).__name__}); "
+                        "participation_ratio reads numpy, torch and JAX arrays: convert it to float32 first")
     a = metrics._host_values(p, what) if p.kind == "torch" else p.data
     a = np.asarray(a, dtype=np.float64)
     if check_finite and not np.all(np.isfinite(a)):
         raise ValueError(f"{what} contains NaN or Inf; pass check_finite=False to get NaN results instead")
-    if center:
+    if center and a.shape[-2] > 0:  # (no samples: nothing to centre, and numpy warns of an empty mean)
         # Shift by the first row before centring: the result is the same, but constant columns become
         # exact zeros (x - mean(x) leaves rounding residue, whose PR is garbage instead of 0.0).
         a = a - a[..., :1, :]
