@@ -184,6 +184,8 @@ def _prepare_torch(t: Any, what: str) -> Prepared:
         t = t.to(torch.float64)
     if t.requires_grad:
         t = t.detach()  # values only: no autograd through svdvals
+    if t.is_neg():  # x.conj().imag: its memory holds −x, and DLPack exports the memory (a copy only then)
+        t = t.resolve_neg()
     if t.device.type == "cuda":
         _cuda_or_raise(what, f"device '{t.device}'")
         return Prepared(t, "torch", str(t.dtype).removeprefix("torch."), device="cuda")

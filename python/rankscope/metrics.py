@@ -225,8 +225,6 @@ def _device_values(p: Prepared, what: str) -> Any:
     data = p.data
     if p.dtype in ("float16", "bfloat16"):
         data = data.float() if p.kind == "torch" else data.astype("float32")
-    elif p.kind == "torch":
-        data = data.resolve_neg()  # (x.conj().imag): DLPack exports the memory, not the values
     if bool((data < 0).any()):
         raise ValueError(f"{what}: singular values must be non-negative")
     return data
@@ -240,9 +238,7 @@ def _host_values(p: Prepared, what: str) -> np.ndarray:
     if p.dlpack_shape is not None:
         raise TypeError(f"{what}: {p.dtype} singular values from a DLPack-only object; convert them to float32")
     if p.kind == "torch":
-        # float() or resolve_neg() (x.conj().imag holds −x with the negative bit set): values for numpy
-        data = data.float() if p.dtype in ("float16", "bfloat16") else data.resolve_neg()
-        data = data.numpy()
+        data = (data.float() if p.dtype in ("float16", "bfloat16") else data).numpy()
     elif p.dtype == "float16":
         data = data.astype(np.float32)
     return data

@@ -21,7 +21,6 @@ affected batch elements get NaN and the others are unaffected.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from . import _penalties as P
@@ -41,8 +40,6 @@ VICRegLoss = P.VICRegLoss
 
 def _host(z: Any, what: str, fn: str, min_samples: int) -> Prepared:
     p = prepare(z, what)
-    if p.kind == "torch" and p.data.is_neg():  # x.conj().imag: its memory holds −x
-        p = dataclasses.replace(p, data=p.data.resolve_neg())
     if p.on_cuda:
         raise ValueError(
             f"{fn}: {what} is on a CUDA device; rankscope.penalties computes on the host (values "
