@@ -12,6 +12,8 @@ unless ``jax_enable_x64`` is on, as ``jnp.asarray`` would give).
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +107,13 @@ def parse_device(device: Any) -> int | None:
 def host_view(out: Any) -> np.ndarray:
     """A numpy view of a host output (numpy array or CPU torch tensor) for the core to fill."""
     return out.numpy() if is_torch(out) else out
+
+
+def is_real(v: Any, finite: bool = False) -> bool:
+    """A real number, numpy scalars included (a config's np.int64), bools not; with `finite`, also
+    finite. The one test behind the numeric options' checks."""
+    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+            and (not finite or math.isfinite(v)))
 
 
 @dataclass

@@ -17,13 +17,12 @@ of rows, for activations too large to hold at once.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from typing import Any
 
 import numpy as np
 
-from ._arrays import eps_of, is_cupy, is_ragged, is_torch
+from ._arrays import eps_of, is_cupy, is_ragged, is_real, is_torch
 from ._errors import batch_index, index_tuple, non_finite_error
 from ._xp import Ops, as_float64, pow2_scale
 
@@ -124,11 +123,6 @@ def _batch_std(a: Any, ops: Ops) -> Any:
     return xp.sqrt(_batch_var(a / big, ops)) * big[..., 0, :]
 
 
-def _is_real(v: Any) -> bool:
-    """A finite real number: Python or numpy scalars (numbers.Real), not bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
-
-
 def _each(x: Any, fn, **kw) -> list:
     return [fn(e, **kw) for e in x]
 
@@ -153,7 +147,7 @@ def feature_std(Z: Any, *, gamma: float = 1.0, check_finite: bool = True) -> dic
     """
     if is_ragged(Z):
         return _each(Z, feature_std, gamma=gamma, check_finite=check_finite)
-    if not _is_real(gamma):
+    if not is_real(gamma, finite=True):
         raise ValueError(f"gamma must be a finite number, got {gamma!r}")
     a, ops = _rows(Z)
     bad = _bad_matrices(a, ops, "Z", check_finite)
@@ -269,7 +263,7 @@ def attention_entropy(A: Any, *, mask: Any = None, normalized: bool = False, eps
         "mean" (default): one number, the mean over batch, heads and queries; "none": shape (..., q).
     """
     _check_reduce(reduce)
-    if eps is not None and not (_is_real(eps) and eps >= 0):
+    if eps is not None and not (is_real(eps, finite=True) and eps >= 0):
         raise ValueError(f"eps must be a finite non-negative number or None, got {eps!r}")
     a, ops, stored = as_float64(A, "A")
     if a.ndim < 2:
@@ -417,9 +411,9 @@ class ActivationStats:
     def __init__(self, d: int, *, gamma: float = 1.0, rankme_eps: float = 1e-7, check_finite: bool = True):
         if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
             raise ValueError(f"d must be a positive int, got {d!r}")
-        if not _is_real(gamma):
+        if not is_real(gamma, finite=True):
             raise ValueError(f"gamma must be a finite number, got {gamma!r}")
-        if not (_is_real(rankme_eps) and rankme_eps >= 0):
+        if not (is_real(rankme_eps, finite=True) and rankme_eps >= 0):
             raise ValueError(f"rankme_eps must be a finite non-negative number, got {rankme_eps!r}")
         self.d, self.gamma, self.rankme_eps, self.check_finite = int(d), float(gamma), float(rankme_eps), check_finite
         self.reset()

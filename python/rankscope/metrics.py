@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._arrays import Prepared, eps_of, is_ragged, prepare, to_framework
+from ._arrays import Prepared, eps_of, is_ragged, is_real, prepare, to_framework
 
 __all__ = [
     "POLICIES",
@@ -104,7 +103,7 @@ class Spectra:
 def _real(name: str, v: Any, finite: bool = False) -> float:
     """v as a float, or TypeError naming `name` for non-numbers (bools, strings, arrays, None); with
     finite=True also ValueError unless finite and >= 0 (the other range checks are the core's)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+    if not is_real(v):
         raise TypeError(f"{name} must be a real number, got {v!r}")
     try:
         f = float(v)

@@ -49,14 +49,13 @@ float64 accumulators exceed the machine's RAM.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from ._arrays import eps_of
+from ._arrays import eps_of, is_real
 from ._xp import Ops, as_float64, as_labels, pow2_scale
 
 __all__ = [
@@ -399,8 +398,7 @@ def _nan_metrics(ops: Ops, topk: bool = False) -> dict:
 
 def _check_tols(atol: Any, rtol: Any) -> None:
     for name, v in (("atol", atol), ("rtol", rtol)):
-        if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-                                  and math.isfinite(v) and v >= 0):
+        if v is not None and not (is_real(v, finite=True) and v >= 0):
             raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
     if atol is None:
         raise ValueError("atol must be a number (default 1e-6)")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._arrays import is_real
 from .report import Resume, ScanReport, layer_frame
 from .runner import ScanOptions, _error_row
 from .sources import SourceError, optional_import
@@ -70,12 +71,12 @@ def task_resources(device: str, *, num_cpus: float | None, num_gpus: float | Non
     ``CUDA_VISIBLE_DEVICES``, so a task scans on "cuda" (its first visible device), not "cuda:N".
     """
     cpus = 1.0 if num_cpus is None else num_cpus
-    if not (_finite(cpus) and cpus > 0):
+    if not (is_real(cpus, finite=True) and cpus > 0):
         raise ValueError(f"num_cpus must be a positive number, got {num_cpus!r}")
     wants_cuda = isinstance(device, str) and (device == "cuda" or device.startswith("cuda:"))
     if num_gpus is None:
         gpus = 1.0 if wants_cuda or (device in (None, "auto") and cluster_gpus > 0) else 0.0
-    elif _finite(num_gpus) and num_gpus >= 0:
+    elif is_real(num_gpus, finite=True) and num_gpus >= 0:
         gpus = float(num_gpus)
     else:
         raise ValueError(f"num_gpus must be a non-negative number, got {num_gpus!r}")
@@ -97,11 +98,6 @@ def check_fits(res: dict, nodes: list[dict]) -> None:
         if res[arg] > most:
             raise ValueError(f"{arg}={res[arg]:g} asks each Ray task for more {key}s than any node of the Ray "
                              f"cluster has ({most:g}): no task could ever start; pass {arg} <= {most:g}")
-
-
-def _finite(x: Any) -> bool:
-    """A finite real number, numpy's included (a config's np.int64), bools not."""
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
 
 
 # ---- what runs on the cluster ------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numpy as np
 from .. import get_num_threads
 from .. import metrics as _metrics
 from .._api import svdvals
+from .._arrays import is_real
 from . import fits
 from .layers import FLOAT_DTYPES, Layer, plan
 
@@ -83,11 +84,11 @@ class ScanOptions:
             raise ValueError(f"alpha_range must be (low, high) with low < high, got {self.alpha_range!r}")
         for name in ("chunk_mb", "window_mb", "refine_rtol"):
             v = getattr(self, name)
-            if not (_real(v) and 0 < v < math.inf):
+            if not (is_real(v) and 0 < v < math.inf):
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        if not (_real(self.collapse_log10) and math.isfinite(self.collapse_log10)):
+        if not (is_real(self.collapse_log10) and math.isfinite(self.collapse_log10)):
             raise ValueError(f"collapse_log10 must be a finite number, got {self.collapse_log10!r}")
-        if self.xmin_max is not None and not (_real(self.xmin_max) and 0 < self.xmin_max < math.inf):
+        if self.xmin_max is not None and not (is_real(self.xmin_max) and 0 < self.xmin_max < math.inf):
             raise ValueError(f"xmin_max must be None or a positive finite number, got {self.xmin_max!r}")
         for name in ("min_dim", "max_dim"):
             v = getattr(self, name)
@@ -96,11 +97,6 @@ class ScanOptions:
                 raise ValueError(f"{name} must be a non-negative int or None, got {v!r}")
             if v is not None:
                 setattr(self, name, int(v))  # numpy integers (np.int64 from a config) as plain ints
-
-
-def _real(v: Any) -> bool:
-    """A real number (numpy scalars included), not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def resolve_device(device: Any) -> int | None:
