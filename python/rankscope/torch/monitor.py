@@ -422,11 +422,12 @@ class SpectralMonitor:
         from ..scan.layers import name_filter, plan
 
         # a lazy module's weight has no shape before the first forward: measured once it has one
-        params = [t for t in owned_parameters(self.model) if not torch.nn.parameter.is_lazy(t[1])]
+        owned = owned_parameters(self.model)
+        params = [t for t in owned if not torch.nn.parameter.is_lazy(t[1])]
         key = tuple((n, id(p), tuple(p.shape), p.dtype, p.device) for n, p, _ in params)
         if key != self._plan_key:
             o = self._opts
-            names = [n for n, _, _ in owned_parameters(self.model)]
+            names = [n for n, _, _ in owned]
             if o.layers is not None and not any(map(name_filter(o.layers), names)):
                 raise ValueError(f"layers={o.layers!r} matches no parameter of the model; its parameters: "
                                  f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
